@@ -1,0 +1,43 @@
+"""The ``benchbio`` command line: one group, one module per command under ``commands/``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from .errors import BenchbioError
+
+# MLflow phones home unless told not to; benchbio never wants that.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class BenchbioGroup(click.Group):
+    """A click group that reports user errors as one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BenchbioError as exc:
+            click.echo(f"benchbio: error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=BenchbioGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="benchbio")
+def main() -> None:
+    """Train and compare embedding-based instance segmentation methods on biological
+    benchmarks, tracked in MLflow."""
+
+
+def _add_commands() -> None:
+    from .commands import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

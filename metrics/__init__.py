@@ -1,0 +1,1 @@
+"""Built-in metrics plugins, one module each; imported by the registry on first use."""
