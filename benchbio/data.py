@@ -34,12 +34,15 @@ class Sample:
             stack of possibly overlapping binary masks.
         fg: optional ``(H, W)`` bool foreground mask that the protocol provides at test
             time (e.g. the binary worm image of BBBC010); None when it is not given.
+        crowd: optional ``(K,)`` bool flags for a mask stack: True marks a COCO
+            ``iscrowd`` region, which COCO AP ignores and training leaves out.
     """
 
     name: str
     image: np.ndarray
     instances: np.ndarray
     fg: np.ndarray | None = None
+    crowd: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3:

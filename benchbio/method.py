@@ -1,0 +1,152 @@
+"""The method interface every method plugin implements.
+
+A method turns annotated crops into training targets, defines the network and the loss,
+and turns one network output back into instances. The harness's single training loop
+(:mod:`benchbio.training`) and single evaluation path call only these hooks, so a new
+method is one new module in ``methods/`` registered with
+:func:`benchbio.registry.register_method`.
+
+Options are a dataclass per method (``Options``), so ``--set key=value`` on the command
+line is checked against the fields, typed, and logged to MLflow as resolved.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Sample
+from .errors import BenchbioError
+
+__all__ = ["MethodOptions", "Method", "parse_option_value", "LogFn"]
+
+LogFn = Callable[[str, float, int], None]
+"""``log(key, value, step)``: how methods report figures (to MLflow during a run)."""
+
+
+@dataclasses.dataclass
+class MethodOptions:
+    """Knobs every method has; methods subclass this to add their own.
+
+    Attributes:
+        encoder: "unet" for the paper's plain U-Net encoder, or any
+            segmentation-models-pytorch encoder name ("resnet34", "tu-<timm name>").
+        encoder_weights: path of a local weights file for the encoder, or None (no
+            download is ever attempted).
+        width: channels of the first U-Net level (paper: 64; later levels 2x, 4x, 8x, 8x).
+        embedding_dim: channels of the embedding the network predicts.
+        min_area: instances smaller than this (pixels) are dropped; None: the dataset's.
+    """
+
+    encoder: str = "unet"
+    encoder_weights: str | None = None
+    width: int = 64
+    embedding_dim: int = 12
+    min_area: int | None = None
+
+
+def parse_option_value(text: str) -> Any:
+    """Turn a ``--set`` value into a Python value: numbers, bools, None, tuples, else str."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` to the field's declared type where that is unambiguous."""
+    if isinstance(annotation, str):
+        annotation = {"int": int, "float": float, "str": str, "bool": bool}.get(
+            annotation.split("|")[0].strip(), None
+        )
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    target = annotation if origin is None else (args[0] if len(args) == 1 else None)
+    if value is None or target is None or not isinstance(target, type):
+        return value
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if target is tuple and isinstance(value, list):
+        return tuple(value)
+    if target in (int, float, str, bool, tuple) and not isinstance(value, target):
+        raise BenchbioError(f"option {name}={value!r} must be of type {target.__name__}")
+    return value
+
+
+class Method:
+    """Base class of method plugins; subclasses implement the hooks below."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, **options: Any) -> None:
+        fields = {f.name: f for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise BenchbioError(
+                f"method {self.name!r} has no option {', '.join(unknown)}; its options are: "
+                f"{', '.join(sorted(fields))}"
+            )
+        hints = typing.get_type_hints(self.Options)
+        typed = {k: _coerce(k, v, hints.get(k, fields[k].type)) for k, v in options.items()}
+        self.opts = self.Options(**typed)
+
+    # ------------------------------------------------------------------ options/state
+    def options(self) -> dict[str, Any]:
+        """The resolved options, as logged to MLflow."""
+        return dataclasses.asdict(self.opts)
+
+    def fit(self, train: Sequence[Sample], *, seed: int, log: LogFn | None = None) -> None:
+        """Fit whatever the method needs from the training data before the network trains
+        (e.g. harmonic's guide search). Default: nothing."""
+
+    def state(self) -> dict[str, Any]:
+        """The fitted state as JSON-able data, saved with every checkpoint."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+
+    def write_artifacts(self, folder: Path) -> list[Path]:
+        """Write files describing the fitted state (JSON, PNG) into ``folder``."""
+        return []
+
+    # ------------------------------------------------------------------ training
+    def build_model(self, in_channels: int) -> nn.Module:
+        """The network: ``(B, in_channels, H, W)`` -> ``(B, C_out, H, W)``."""
+        raise NotImplementedError
+
+    def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Training targets for one (augmented) crop, as arrays the loader stacks.
+
+        ``instances`` is a label image or mask stack of the crop (lowest label =
+        background); ``fg`` the protocol's foreground mask or None.
+        """
+        raise NotImplementedError
+
+    def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar loss of a batch of network outputs against stacked targets."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ inference
+    def postprocess(
+        self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
+    ) -> np.ndarray:
+        """Instances (a label image, 0 = background) from one output ``(C, H, W)``.
+
+        ``fg`` is the protocol's foreground mask when it gives one at test time.
+        """
+        raise NotImplementedError
