@@ -42,14 +42,12 @@ class MethodOptions:
         encoder_weights: path of a local weights file for the encoder, or None (no
             download is ever attempted).
         width: channels of the first U-Net level (paper: 64; later levels 2x, 4x, 8x, 8x).
-        embedding_dim: channels of the embedding the network predicts.
         min_area: instances smaller than this (pixels) are dropped; None: the dataset's.
     """
 
     encoder: str = "unet"
     encoder_weights: str | None = None
     width: int = 64
-    embedding_dim: int = 12
     min_area: int | None = None
 
 

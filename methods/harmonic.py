@@ -1,0 +1,232 @@
+"""Harmonic embeddings (Kulikov & Lempitsky, CVPR 2020): the paper's method.
+
+1. Guide search (section 3.1): N guides ``sin(fx x/W + fy y/H + phase)`` minimising the
+   eq. 4 hinge on pairs of training objects (see :mod:`benchbio.guides`); cached per
+   training set, so a second run does not search again.
+2. Targets (eq. 1-2): each pixel gets the mean of the guides over its instance.
+3. Network: the paper's U-Net whose decoder blocks begin with a SinConv layer (the guide
+   maps concatenated to the input), section 3.2 / Figure 3.
+4. Loss (eq. 5): L1 between prediction and target over foreground pixels; pixels in
+   overlaps (no single owner) are ignored.
+5. Inference (section 3.3): mean-shift with bandwidth = eps, background from the
+   protocol's foreground mask when it gives one, small instances removed.
+
+Where the protocol gives no foreground mask at test time (CVPPP, synthetic-cells), the
+background is trained as one more object, and the largest cluster is taken as
+background at test time, as in the authors' code. The options ``position`` and
+``guides`` are the knobs the paper's ablations turn (CoordConv / no guide; random, low,
+high-frequency guides without search).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchbio.cluster import embeddings_to_labels
+from benchbio.data import Sample, cache_dir
+from benchbio.errors import BenchbioError
+from benchbio.guides import GuideMaps, Guides, guides_figure, sample_guides, search_guides
+from benchbio.instances import is_stack, owner_map, to_stack
+from benchbio.method import LogFn, Method, MethodOptions
+from benchbio.nets import CoordMaps, build_unet
+from benchbio.registry import register_method
+
+__all__ = ["HarmonicOptions", "Harmonic", "harmonic", "harmonic_targets"]
+
+#: Frequency ranges (radians per reference extent) for guides drawn without search.
+GUIDE_RANGES = {"random": (0.0, 50.0), "low": (0.0, 10.0), "high": (30.0, 50.0)}
+
+
+@dataclass
+class HarmonicOptions(MethodOptions):
+    """Options of the harmonic method (defaults: the paper's).
+
+    Attributes:
+        n_guides: number of guide functions = embedding size (paper: 12).
+        eps: margin of the guide search and mean-shift bandwidth (paper: 0.5).
+        position: what decoder convolutions see: "sinconv" (guides), "coordconv" (x, y)
+            or "none" (plain convolutions).
+        guides: "search" (paper), or guides drawn without search from the "random"
+            (0-50), "low" (0-10) or "high" (30-50) frequency range.
+        search_steps, search_lr: SGD steps and learning rate of the guide search.
+        kernel_size: kernel of the SinConv layers (authors: 7).
+        clusterer: "torch" (vectorised mean-shift) or "sklearn" (the authors').
+    """
+
+    n_guides: int = 12
+    eps: float = 0.5
+    position: str = "sinconv"
+    guides: str = "search"
+    search_steps: int = 400
+    search_lr: float = 10.0
+    kernel_size: int = 7
+    clusterer: str = "torch"
+
+
+def harmonic_targets(
+    guides: Guides, instances: np.ndarray, fg: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Eq. 1-2 targets for one crop: ``embedding`` ``(N, H, W)`` and ``weight`` ``(H, W)``.
+
+    With a foreground mask (given at test time by the protocol) only owned foreground
+    pixels carry weight. Without one, background is one more object whose target is the
+    guides' mean over it. Overlap pixels carry no weight.
+    """
+    h, w = instances.shape[-2:]
+    maps = guides.maps(h, w).astype(np.float32)  # (N, H, W)
+    owner = owner_map(instances)
+    if is_stack(instances):
+        stack = to_stack(instances).astype(np.float32)
+        area = stack.reshape(len(stack), -1).sum(1)
+        means = np.einsum("khw,nhw->kn", stack, maps) / np.maximum(area, 1)[:, None]
+        n_obj = len(stack)
+    else:
+        n_obj = int(owner.max(initial=0))
+        counts = np.bincount(owner.ravel(), minlength=n_obj + 1).astype(np.float32)
+        sums = np.stack(
+            [np.bincount(owner.ravel(), m.ravel(), minlength=n_obj + 1) for m in maps], 1
+        )
+        means = (sums / np.maximum(counts, 1)[:, None])[1:]
+    background = owner == 0
+    bg_mean = maps[:, background].mean(1) if background.any() else np.zeros(len(maps))
+    table = np.vstack([bg_mean[None], means]).astype(np.float32)  # row 0 = background
+    target = table[np.clip(owner, 0, None)].transpose(2, 0, 1)
+    if fg is not None:
+        weight = (owner > 0) & np.asarray(fg, bool)
+    else:
+        weight = owner >= 0
+    return {"embedding": np.ascontiguousarray(target), "weight": weight.astype(np.float32)}
+
+
+class Harmonic(Method):
+    """Harmonic embeddings with SinConv layers (the paper)."""
+
+    name = "harmonic"
+    Options = HarmonicOptions
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        o = self.opts
+        if o.position not in ("sinconv", "coordconv", "none"):
+            raise BenchbioError(f"position={o.position!r}: use sinconv, coordconv or none")
+        if o.guides != "search" and o.guides not in GUIDE_RANGES:
+            raise BenchbioError(f"guides={o.guides!r}: use search, {', '.join(GUIDE_RANGES)}")
+        if o.clusterer not in ("torch", "sklearn"):
+            raise BenchbioError(f"clusterer={o.clusterer!r}: use torch or sklearn")
+        self.guides: Guides | None = None
+        self.search: dict[str, float] = {}
+        self._maps: GuideMaps | None = None
+
+    # --------------------------------------------------------------- guide search
+    def _cache_key(self, instances: Sequence[np.ndarray], seed: int) -> str:
+        h = hashlib.sha256()
+        for arr in instances:
+            arr = np.ascontiguousarray(arr)
+            h.update(str((arr.shape, arr.dtype.str)).encode())
+            h.update(arr.tobytes())
+        o = self.opts
+        h.update(json.dumps([o.n_guides, o.eps, o.guides, o.search_steps, o.search_lr, seed])
+                 .encode())
+        return h.hexdigest()[:16]
+
+    def fit(self, train: Sequence[Sample], *, seed: int, log: LogFn | None = None) -> None:
+        """Search (or draw) the guides for this training set; reuse a cached search."""
+        instances = [_objects_only(s) for s in train]
+        o = self.opts
+        if o.guides != "search":
+            shapes = np.array([i.shape[-2:] for i in instances], float)
+            ref_h, ref_w = np.median(shapes, axis=0)
+            rng = np.random.default_rng(seed)
+            self.guides = sample_guides(o.n_guides, GUIDE_RANGES[o.guides], ref_h, ref_w, rng)
+            self.search = {"cached": 0.0}
+            return
+        path = cache_dir() / "guides" / f"{self._cache_key(instances, seed)}.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            self.guides = Guides.from_json(data["guides"])
+            self.search = {**data["search"], "cached": 1.0}
+            return
+        self.guides, self.search = search_guides(
+            instances, n=o.n_guides, eps=o.eps, steps=o.search_steps, lr=o.search_lr,
+            seed=seed, log=log,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"guides": self.guides.to_json(), "search": self.search}))
+        tmp.replace(path)
+        self.search = {**self.search, "cached": 0.0}
+
+    def state(self) -> dict:
+        return {"guides": self.guides.to_json() if self.guides else None, "search": self.search}
+
+    def load_state(self, state: dict) -> None:
+        self.guides = Guides.from_json(state["guides"]) if state.get("guides") else None
+        self.search = dict(state.get("search", {}))
+        if self._maps is not None and self.guides is not None:
+            self._maps.set_guides(self.guides)
+
+    def write_artifacts(self, folder: Path) -> list[Path]:
+        if self.guides is None:
+            return []
+        folder.mkdir(parents=True, exist_ok=True)
+        js, png = folder / "guides.json", folder / "guides.png"
+        js.write_text(json.dumps({**self.guides.to_json(), "search": self.search}, indent=2))
+        guides_figure(self.guides, png, int(self.guides.ref_height), int(self.guides.ref_width))
+        return [js, png]
+
+    # --------------------------------------------------------------- training
+    def _require_guides(self) -> Guides:
+        if self.guides is None:
+            raise RuntimeError("call fit() or load_state() before using the method")
+        return self.guides
+
+    def build_model(self, in_channels: int) -> torch.nn.Module:
+        guides = self._require_guides()
+        o = self.opts
+        if o.position == "sinconv":
+            self._maps = GuideMaps(guides)
+            position = self._maps
+        elif o.position == "coordconv":
+            position = CoordMaps(int(guides.ref_height), int(guides.ref_width))
+        else:
+            position = None
+        return build_unet(
+            in_channels, o.n_guides, encoder=o.encoder, width=o.width, position=position,
+            encoder_weights=o.encoder_weights, kernel_size=o.kernel_size,
+        )
+
+    def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
+        return harmonic_targets(self._require_guides(), instances, fg)
+
+    def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean L1 over weighted pixels and embedding channels (eq. 5, normalised)."""
+        weight = targets["weight"].unsqueeze(1)
+        l1 = (output.float() - targets["embedding"]).abs() * weight
+        return l1.sum() / (weight.sum() * output.shape[1]).clamp(min=1.0)
+
+    def postprocess(
+        self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
+    ) -> np.ndarray:
+        return embeddings_to_labels(
+            output.float(), self.opts.eps, fg=fg, min_area=min_area, clusterer=self.opts.clusterer
+        )
+
+
+def _objects_only(sample: Sample) -> np.ndarray:
+    """A sample's instances without COCO crowd regions (they are not objects)."""
+    if sample.crowd is not None and is_stack(sample.instances):
+        return np.asarray(sample.instances)[~np.asarray(sample.crowd, bool)]
+    return sample.instances
+
+
+@register_method("harmonic")
+def harmonic(**options) -> Harmonic:
+    """Harmonic embeddings with searched guides and SinConv decoder (the paper)."""
+    return Harmonic(**options)
