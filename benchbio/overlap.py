@@ -95,9 +95,8 @@ def _indicator(instances: np.ndarray) -> sparse.csr_matrix:
     a stack keeps all of its K masks, empty ones included, in order.
     """
     if is_stack(instances):
-        k = len(instances)
-        rows, cols = np.nonzero(np.asarray(instances).reshape(k, -1))
-        n_pix = int(np.prod(instances.shape[1:]))
+        k, n_pix = len(instances), int(np.prod(instances.shape[1:]))
+        rows, cols = np.nonzero(np.asarray(instances).reshape(k, n_pix))
     else:
         labels, k = sequential_labels(instances)
         flat = labels.ravel()
