@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# files whose uncommitted changes would make the recorded commit misleading
+_MEASURED = ("benchbio/overlap.py", "benchbio/evaluation.py", "metrics", "benchmarks")
 
 
 # --- reference: the official CVPPP scorer's semantics, loop for loop --------------------
@@ -120,7 +122,7 @@ def _commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "benchbio", "metrics", "benchmarks"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *_MEASURED],
             cwd=REPO,
             capture_output=True,
             text=True,
