@@ -11,6 +11,7 @@ with no trustworthy published checksum is refused unless the user accepts it wit
 from __future__ import annotations
 
 import hashlib
+import http.client
 import tarfile
 import urllib.error
 import urllib.request
@@ -102,7 +103,7 @@ def download_file(url: str, dest: Path, progress: bool = True) -> Path:
                     for chunk in iter(lambda: response.read(CHUNK), b""):
                         fh.write(chunk)
                         bar.update(len(chunk))
-                except (OSError, urllib.error.URLError) as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     raise DataError(
                         f"download of {url} was interrupted ({exc}); run the same command "
                         "again to resume it"

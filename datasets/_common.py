@@ -67,7 +67,7 @@ def percentile_normalize(
     """Map the ``low``..``high`` percentiles of each channel to 0..1 (not clipped)."""
     img = np.asarray(image, dtype=np.float32)
     lo, hi = np.percentile(img, (low, high))
-    return (img - lo) / max(float(hi - lo), 1e-6)
+    return ((img - lo) / max(float(hi - lo), 1e-6)).astype(np.float32)
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:

@@ -137,7 +137,12 @@ def _read_mask(path: Path) -> np.ndarray:
 def _loader(wells: dict[str, dict], input: str):
     def load(well: str) -> Sample:
         entry = wells[well]
-        stack = np.stack([_read_mask(p) for p in entry["worms"]])
+        masks = [_read_mask(p) for p in entry["worms"]]
+        for path, mask in zip(entry["worms"], masks):
+            if mask.shape != masks[0].shape:
+                raise DataError(f"{NAME}: {path} is {mask.shape} but {entry['worms'][0].name} "
+                                f"is {masks[0].shape}; masks of a well must have one size")
+        stack = np.stack(masks)
         fg = None
         if input == "foreground":
             fg = _read_mask(entry["fg"])
