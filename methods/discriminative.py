@@ -1,0 +1,249 @@
+"""Discriminative loss (De Brabandere, Neven & Van Gool 2017): the paper's main baseline.
+
+The network maps each pixel to a free ``embedding_dim``-dimensional embedding trained
+with ``alpha * L_var + beta * L_dist + gamma * L_reg`` (hinged pull of pixels to within
+``delta_v`` of their instance mean, hinged push of instance means to at least
+``2 * delta_d`` apart, a small pull of the means to the origin). At test time the
+embeddings are clustered by mean-shift, as for harmonic embeddings.
+
+Two registered variants, as in the harmonic paper's Tables 1 and 3 ("our
+implementation"): ``discriminative`` on the plain U-Net, and ``discriminative-sinconv``
+whose decoder convolutions see the dataset's searched guide functions (the guide search
+and its cache are harmonic's, called through :class:`methods.harmonic.Harmonic`).
+
+Background follows the harmonic convention: when the protocol gives a foreground mask at
+test time only owned foreground pixels are trained and clustered; otherwise background is
+one more cluster in the loss and the largest cluster is taken as background at test time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from benchbio.methods.harmonic import Harmonic
+
+from benchbio.cluster import embeddings_to_labels
+from benchbio.data import Sample
+from benchbio.errors import BenchbioError
+from benchbio.guides import GuideMaps
+from benchbio.instances import owner_map
+from benchbio.method import LogFn, Method, MethodOptions
+from benchbio.nets import build_unet
+from benchbio.registry import register_method
+
+__all__ = [
+    "DiscriminativeOptions",
+    "Discriminative",
+    "DiscriminativeSinConv",
+    "cluster_targets",
+    "discriminative_loss",
+]
+
+
+@dataclass
+class DiscriminativeOptions(MethodOptions):
+    """Options of the discriminative-loss baseline (defaults: De Brabandere et al. 2017).
+
+    Attributes:
+        embedding_dim: embedding size (12, harmonic's, so only the loss differs).
+        delta_v, delta_d: pull and push margins (0.5, 1.5).
+        alpha, beta, gamma: weights of L_var, L_dist, L_reg (1, 1, 0.001).
+        bandwidth: mean-shift bandwidth at test time; None resolves to ``delta_v``.
+        position: "none" (plain U-Net) or "sinconv" (decoder sees the searched guides).
+        n_guides, eps, search_steps, search_lr: harmonic's guide search (SinConv only).
+        kernel_size: kernel of the decoder's first convolutions (authors' U-Net: 7).
+        clusterer: "torch" (vectorised mean-shift) or "sklearn".
+    """
+
+    embedding_dim: int = 12
+    delta_v: float = 0.5
+    delta_d: float = 1.5
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 0.001
+    bandwidth: float | None = None
+    position: str = "none"
+    n_guides: int = 12
+    eps: float = 0.5
+    search_steps: int = 400
+    search_lr: float = 10.0
+    kernel_size: int = 7
+    clusterer: str = "torch"
+
+
+def cluster_targets(instances: np.ndarray, fg: np.ndarray | None) -> np.ndarray:
+    """Per-pixel cluster index ``(H, W)`` int64: -1 ignored, else 0..C-1.
+
+    Overlap pixels (no single owner) are ignored. With a foreground mask, background is
+    ignored and instance k is cluster k-1; without one, background is cluster 0 and
+    instance k is cluster k.
+    """
+    owner = owner_map(instances)
+    if fg is None:
+        return owner.astype(np.int64)
+    keep = (owner > 0) & np.asarray(fg, bool)
+    return np.where(keep, owner - 1, -1).astype(np.int64)
+
+
+def discriminative_loss(
+    embedding: torch.Tensor,
+    clusters: torch.Tensor,
+    *,
+    delta_v: float = 0.5,
+    delta_d: float = 1.5,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 0.001,
+) -> torch.Tensor:
+    """De Brabandere et al.'s loss of ``(B, D, H, W)`` embeddings, averaged over images.
+
+    ``clusters`` ``(B, H, W)`` holds each pixel's cluster index (-1: ignored). Cluster
+    means come from one ``index_add`` over the batch; the terms are computed per image
+    over the clusters present and averaged over images that have any.
+    """
+    b, d = embedding.shape[:2]
+    emb = embedding.float().permute(0, 2, 3, 1).reshape(b, -1, d)  # (B, P, D)
+    lab = clusters.reshape(b, -1).long()
+    n_c = int(lab.max().clamp(min=-1)) + 1
+    if n_c == 0:
+        return embedding.sum() * 0.0
+    valid = lab >= 0
+    gid = (torch.arange(b, device=lab.device)[:, None] * n_c + lab)[valid]  # global cluster
+    pts = emb[valid]
+    counts = torch.zeros(b * n_c, device=emb.device).index_add_(0, gid, torch.ones_like(gid,
+                                                                dtype=emb.dtype))
+    sums = torch.zeros(b * n_c, d, device=emb.device, dtype=emb.dtype).index_add_(0, gid, pts)
+    means = sums / counts.clamp(min=1)[:, None]
+    present = (counts > 0).view(b, n_c)
+    n_present = present.sum(1).to(emb.dtype)  # clusters per image
+
+    def norm(x: torch.Tensor) -> torch.Tensor:  # differentiable at 0
+        return (x.pow(2).sum(-1) + 1e-12).sqrt()
+
+    # L_var: mean over clusters of the mean over their pixels of the hinged pull.
+    pull = torch.clamp(norm(pts - means[gid]) - delta_v, min=0).pow(2)
+    per_cluster = torch.zeros(b * n_c, device=emb.device).index_add_(0, gid, pull)
+    per_cluster = (per_cluster / counts.clamp(min=1)).view(b, n_c)
+    l_var = per_cluster.sum(1) / n_present.clamp(min=1)
+
+    # L_dist: hinged push over ordered pairs of distinct present clusters.
+    m = means.view(b, n_c, d)
+    pair_dist = norm(m[:, :, None] - m[:, None, :])
+    pairs = present[:, :, None] & present[:, None, :] & ~torch.eye(n_c, dtype=torch.bool,
+                                                                  device=emb.device)
+    push = torch.clamp(2 * delta_d - pair_dist, min=0).pow(2) * pairs
+    l_dist = push.sum((1, 2)) / (n_present * (n_present - 1)).clamp(min=1)
+
+    # L_reg: mean norm of the cluster means.
+    l_reg = (norm(m) * present).sum(1) / n_present.clamp(min=1)
+
+    per_image = alpha * l_var + beta * l_dist + gamma * l_reg
+    has = n_present > 0
+    return per_image[has].mean()
+
+
+class Discriminative(Method):
+    """De Brabandere et al.'s discriminative loss on the paper's U-Net, mean-shift."""
+
+    name = "discriminative"
+    Options = DiscriminativeOptions
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        o = self.opts
+        if o.position not in ("none", "sinconv"):
+            raise BenchbioError(f"position={o.position!r}: use none or sinconv")
+        if o.clusterer not in ("torch", "sklearn"):
+            raise BenchbioError(f"clusterer={o.clusterer!r}: use torch or sklearn")
+        if o.bandwidth is None:
+            o.bandwidth = o.delta_v
+        # The guide search, its cache and its state are harmonic's, reused as they are.
+        self._harmonic = Harmonic(
+            n_guides=o.n_guides, eps=o.eps, search_steps=o.search_steps,
+            search_lr=o.search_lr, kernel_size=o.kernel_size,
+        )
+        self._maps: GuideMaps | None = None
+
+    # --------------------------------------------------------------- fitted state
+    def fit(self, train: Sequence[Sample], *, seed: int, log: LogFn | None = None) -> None:
+        """SinConv only: search the guides (or reuse harmonic's cached search)."""
+        if self.opts.position == "sinconv":
+            self._harmonic.fit(train, seed=seed, log=log)
+
+    def state(self) -> dict:
+        return self._harmonic.state() if self.opts.position == "sinconv" else {}
+
+    def load_state(self, state: dict) -> None:
+        if self.opts.position == "sinconv" and state:
+            self._harmonic.load_state(state)
+            if self._maps is not None and self._harmonic.guides is not None:
+                self._maps.set_guides(self._harmonic.guides)
+
+    def write_artifacts(self, folder: Path) -> list[Path]:
+        if self.opts.position != "sinconv":
+            return []
+        return self._harmonic.write_artifacts(folder)
+
+    # --------------------------------------------------------------- training
+    def build_model(self, in_channels: int) -> torch.nn.Module:
+        o = self.opts
+        position = None
+        if o.position == "sinconv":
+            if self._harmonic.guides is None:
+                raise RuntimeError("call fit() or load_state() before build_model()")
+            self._maps = position = GuideMaps(self._harmonic.guides)
+        return build_unet(
+            in_channels, o.embedding_dim, encoder=o.encoder, width=o.width, position=position,
+            encoder_weights=o.encoder_weights, kernel_size=o.kernel_size,
+        )
+
+    def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
+        """``clusters``: each pixel's cluster index, -1 where ignored."""
+        return {"clusters": cluster_targets(instances, fg)}
+
+    def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        o = self.opts
+        return discriminative_loss(
+            output, targets["clusters"], delta_v=o.delta_v, delta_d=o.delta_d,
+            alpha=o.alpha, beta=o.beta, gamma=o.gamma,
+        )
+
+    # --------------------------------------------------------------- inference
+    def postprocess(
+        self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
+    ) -> np.ndarray:
+        """Mean-shift with bandwidth ``delta_v`` (largest cluster = background w/o fg)."""
+        return embeddings_to_labels(
+            output.float(), float(self.opts.bandwidth), fg=fg, min_area=min_area,
+            clusterer=self.opts.clusterer,
+        )
+
+
+@dataclass
+class DiscriminativeSinConvOptions(DiscriminativeOptions):
+    """As :class:`DiscriminativeOptions`, with SinConv decoder layers."""
+
+    position: str = "sinconv"
+
+
+class DiscriminativeSinConv(Discriminative):
+    """The discriminative baseline whose decoder sees the searched guides (SinConv)."""
+
+    name = "discriminative-sinconv"
+    Options = DiscriminativeSinConvOptions
+
+
+@register_method("discriminative")
+def discriminative(**options) -> Discriminative:
+    """Discriminative loss (De Brabandere et al. 2017) on the plain U-Net, mean-shift."""
+    return Discriminative(**options)
+
+
+@register_method("discriminative-sinconv")
+def discriminative_sinconv(**options) -> DiscriminativeSinConv:
+    """Discriminative loss with SinConv decoder layers fed the searched guides."""
+    return DiscriminativeSinConv(**options)
