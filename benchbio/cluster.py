@@ -19,31 +19,93 @@ __all__ = ["mean_shift", "mean_shift_sklearn", "embeddings_to_labels", "remove_s
 
 
 def _bin_seeds(points: torch.Tensor, bandwidth: float, max_seeds: int) -> torch.Tensor:
-    """Seeds at the centres of occupied bandwidth-sized bins, most populated first."""
+    """One point of each occupied bandwidth-sized bin, most populated bins first.
+
+    Unlike scikit-learn's bin seeding, the seed is a data point, not the bin centre: a
+    bin centre can lie within the bandwidth of two clusters and pull them into one mode.
+    """
     bins = torch.round(points / bandwidth).to(torch.int64)
-    uniq, counts = torch.unique(bins, dim=0, return_counts=True)
+    _, inverse, counts = torch.unique(bins, dim=0, return_inverse=True, return_counts=True)
+    first = torch.full((len(counts),), len(points), dtype=torch.int64, device=points.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(points), device=points.device), "amin")
     order = torch.argsort(counts, descending=True, stable=True)[:max_seeds]
-    return uniq[order].to(points.dtype) * bandwidth
+    return points[first[order]].clone()
+
+
+def _distance(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+    return torch.cdist(a, b, p=1.0 if metric == "l1" else 2.0)
+
+
+def _shift(
+    modes: torch.Tensor, sample: torch.Tensor, bandwidth: float, metric: str, max_iter: int
+) -> torch.Tensor:
+    """Move each mode to the mean of the sample points within ``bandwidth`` until it
+    moves less than 1e-3 * bandwidth (flat kernel)."""
+    active = torch.ones(len(modes), dtype=torch.bool, device=modes.device)
+    tol = 1e-3 * bandwidth
+    for _ in range(max_iter):
+        idx = active.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        near = (_distance(modes[idx], sample, metric) < bandwidth).to(sample.dtype)
+        support = near.sum(1, keepdim=True)
+        new = torch.where(support > 0, near @ sample / support.clamp(min=1), modes[idx])
+        shift = _distance(new, modes[idx], metric).diagonal()
+        modes[idx] = new
+        active[idx[shift < tol]] = False
+    return modes
+
+
+def _merge(
+    modes: torch.Tensor, sample: torch.Tensor, bandwidth: float, metric: str
+) -> torch.Tensor:
+    """Keep modes by decreasing support, dropping any within ``bandwidth`` of a kept one."""
+    support = (_distance(modes, sample, metric) < bandwidth).sum(1)
+    order = torch.argsort(support, descending=True, stable=True)
+    modes, support = modes[order], support[order]
+    keep: list[int] = []
+    for i in range(len(modes)):
+        if support[i] == 0:
+            continue
+        if keep and _distance(modes[i : i + 1], modes[keep], metric).min() < bandwidth:
+            continue
+        keep.append(i)
+    return modes[keep]
+
+
+def _nearest(points: torch.Tensor, centres: torch.Tensor, metric: str):
+    """Index of and distance to the nearest centre, in chunks to bound memory."""
+    labels = torch.empty(len(points), dtype=torch.int64, device=points.device)
+    dist = torch.empty(len(points), dtype=points.dtype, device=points.device)
+    for start in range(0, len(points), 65536):
+        d = _distance(points[start : start + 65536], centres, metric)
+        dist[start : start + 65536], labels[start : start + 65536] = d.min(1)
+    return labels, dist
 
 
 def mean_shift(
     points: torch.Tensor | np.ndarray,
     bandwidth: float,
     *,
+    metric: str = "l2",
     max_iter: int = 100,
-    max_seeds: int = 1024,
-    max_points: int = 20000,
+    max_seeds: int = 256,
+    max_points: int = 4096,
+    rounds: int = 3,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat-kernel mean-shift of ``points`` ``(P, D)``; returns (labels ``(P,)``, modes).
 
-    Seeds come from bin seeding (as scikit-learn's ``bin_seeding=True``); each seed
-    moves to the mean of the points within ``bandwidth`` until it moves less than
-    1e-3 * bandwidth. Modes are visited by decreasing support and dropped when closer
-    than ``bandwidth`` to a kept one; every point joins its nearest mode. When there
-    are more than ``max_points`` points, the shifts use a seeded random subsample of
-    that size (the assignment always uses every point).
+    Seeds are one point of each occupied bandwidth-sized bin; modes are merged when
+    closer than ``bandwidth`` (by decreasing support); every point joins its nearest
+    mode. Points left farther than ``bandwidth`` from every mode seed another round (at
+    most ``rounds``), so no cluster is lost to a shared bin. ``metric`` is ``"l2"``
+    (scikit-learn's) or ``"l1"`` (the distance of the guide search, eq. 4). Above
+    ``max_points`` points the shifts use a seeded random subsample of that size; the
+    assignment always uses every point.
     """
+    if metric not in ("l1", "l2"):
+        raise ValueError(f"metric must be 'l1' or 'l2', got {metric!r}")
     pts = torch.as_tensor(points, dtype=torch.float32)
     n = pts.shape[0]
     if n == 0:
@@ -54,34 +116,17 @@ def mean_shift(
         sample = pts[idx]
     else:
         sample = pts
-    modes = _bin_seeds(sample, bandwidth, max_seeds)
-    active = torch.ones(len(modes), dtype=torch.bool, device=pts.device)
-    tol = 1e-3 * bandwidth
-    for _ in range(max_iter):
-        idx = active.nonzero().squeeze(1)
-        if len(idx) == 0:
+    centres = sample[:0]
+    uncovered = sample
+    for _ in range(rounds):
+        seeds = _bin_seeds(uncovered, bandwidth, max_seeds)
+        modes = _shift(seeds, sample, bandwidth, metric, max_iter)
+        centres = _merge(torch.cat([centres, modes]), sample, bandwidth, metric)
+        _, dist = _nearest(sample, centres, metric)
+        uncovered = sample[dist >= bandwidth]
+        if len(uncovered) == 0:
             break
-        near = (torch.cdist(modes[idx], sample) < bandwidth).to(sample.dtype)
-        support = near.sum(1, keepdim=True)
-        new = torch.where(support > 0, near @ sample / support.clamp(min=1), modes[idx])
-        shift = (new - modes[idx]).norm(dim=1)
-        modes[idx] = new
-        active[idx[shift < tol]] = False
-    support = (torch.cdist(modes, sample) < bandwidth).sum(1)
-    order = torch.argsort(support, descending=True, stable=True)
-    modes, support = modes[order], support[order]
-    keep: list[int] = []
-    for i in range(len(modes)):
-        if support[i] == 0:
-            continue
-        if keep and torch.cdist(modes[i : i + 1], modes[keep]).min() < bandwidth:
-            continue
-        keep.append(i)
-    centres = modes[keep]
-    labels = torch.empty(n, dtype=torch.int64, device=pts.device)
-    for start in range(0, n, 65536):
-        chunk = pts[start : start + 65536]
-        labels[start : start + 65536] = torch.cdist(chunk, centres).argmin(1)
+    labels, _ = _nearest(pts, centres, metric)
     return labels.cpu().numpy(), centres.cpu().numpy()
 
 
@@ -117,12 +162,14 @@ def embeddings_to_labels(
     fg: np.ndarray | None = None,
     min_area: int = 0,
     clusterer: str = "torch",
+    metric: str = "l2",
     seed: int = 0,
 ) -> np.ndarray:
     """Instances from a ``(D, H, W)`` embedding by mean-shift.
 
     With a foreground mask only its pixels are clustered. Without one, every pixel is
     clustered and the largest cluster is taken as background (the authors' rule).
+    ``metric`` applies to the torch clusterer; scikit-learn's is always L2.
     """
     emb = torch.as_tensor(embedding)
     d, h, w = emb.shape
@@ -131,7 +178,7 @@ def embeddings_to_labels(
     sel = torch.as_tensor(mask.ravel(), device=flat.device)
     points = flat[sel]
     if clusterer == "torch":
-        labels, _ = mean_shift(points, bandwidth, seed=seed)
+        labels, _ = mean_shift(points, bandwidth, metric=metric, seed=seed)
     elif clusterer == "sklearn":
         labels, _ = mean_shift_sklearn(points.float().cpu().numpy(), bandwidth)
     else:

@@ -58,6 +58,9 @@ class HarmonicOptions(MethodOptions):
         search_steps, search_lr: SGD steps and learning rate of the guide search.
         kernel_size: kernel of the SinConv layers (authors: 7).
         clusterer: "torch" (vectorised mean-shift) or "sklearn" (the authors').
+        cluster_metric: distance of the torch mean-shift kernel: "l1", the distance the
+            guide search separates objects by (eq. 4), so that bandwidth = eps means the
+            same separation in both; or "l2" (scikit-learn's, the authors').
     """
 
     n_guides: int = 12
@@ -68,6 +71,7 @@ class HarmonicOptions(MethodOptions):
     search_lr: float = 10.0
     kernel_size: int = 7
     clusterer: str = "torch"
+    cluster_metric: str = "l2"
 
 
 def harmonic_targets(
@@ -120,6 +124,8 @@ class Harmonic(Method):
             raise BenchbioError(f"guides={o.guides!r}: use search, {', '.join(GUIDE_RANGES)}")
         if o.clusterer not in ("torch", "sklearn"):
             raise BenchbioError(f"clusterer={o.clusterer!r}: use torch or sklearn")
+        if o.cluster_metric not in ("l1", "l2"):
+            raise BenchbioError(f"cluster_metric={o.cluster_metric!r}: use l1 or l2")
         self.guides: Guides | None = None
         self.search: dict[str, float] = {}
         self._maps: GuideMaps | None = None
@@ -215,7 +221,8 @@ class Harmonic(Method):
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
     ) -> np.ndarray:
         return embeddings_to_labels(
-            output.float(), self.opts.eps, fg=fg, min_area=min_area, clusterer=self.opts.clusterer
+            output.float(), self.opts.eps, fg=fg, min_area=min_area,
+            clusterer=self.opts.clusterer, metric=self.opts.cluster_metric,
         )
 
 

@@ -1,0 +1,68 @@
+"""``benchbio run``: train a method on a dataset and score it, as one MLflow run."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import BenchbioError
+from ..method import parse_option_value
+
+
+def parse_assignments(pairs: tuple[str, ...], what: str) -> dict:
+    """``("a=1", "b=x")`` -> ``{"a": 1, "b": "x"}``, with a clear error for a bad pair."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BenchbioError(f"{what} {pair!r} is not of the form key=value")
+        out[key.strip().replace("-", "_")] = parse_option_value(value)
+    return out
+
+
+@click.command("run")
+@click.option("--method", "-m", required=True, help="Method plugin (see `benchbio list methods`).")
+@click.option("--dataset", "-d", required=True, help="Dataset plugin (`benchbio list datasets`).")
+@click.option("--epochs", type=int, default=100, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--crop-size", type=int, default=448, show_default=True,
+              help="Training crop (rounded up to the network's divisor).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Data root (default: $BENCHBIO_DATA, else a per-user cache).")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the dataset).")
+@click.option("--val-every", type=int, default=1, show_default=True,
+              help="Validate every N epochs (always after the last).")
+@click.option("--workers", type=int, default=0, show_default=True, help="Data loader workers.")
+@click.option("--set", "method_sets", multiple=True, metavar="KEY=VALUE",
+              help="Method option, e.g. --set n_guides=12 (repeatable).")
+@click.option("--data-opt", "data_sets", multiple=True, metavar="KEY=VALUE",
+              help="Dataset option, e.g. --data-opt sequence=A2 (repeatable).")
+@click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
+def command(method, dataset, epochs, batch_size, lr, crop_size, seed, device, data_dir,
+            experiment, val_every, workers, method_sets, data_sets, no_track) -> None:
+    """Train METHOD on DATASET, keep the best validation checkpoint, score the test split."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..training import RunConfig, run
+
+    config = RunConfig(
+        method=method, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+        crop_size=crop_size, seed=seed, device=device, data_dir=data_dir,
+        experiment=experiment, val_every=val_every, workers=workers,
+        method_options=parse_assignments(method_sets, "--set"),
+        dataset_options=parse_assignments(data_sets, "--data-opt"),
+    )
+    result = run(config, track=not no_track)
+    table = Table(title=f"{method} on {dataset} (test split, best epoch {result.best_epoch})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.test.items():
+        table.add_row(key, f"{value:.4f}")
+    console = Console()
+    console.print(table)
+    if result.run_id:
+        console.print(f"MLflow run {result.run_id} ({result.seconds:.0f} s); "
+                      "open it with `benchbio ui`")
