@@ -50,7 +50,8 @@ def _shift(
         near = (_distance(modes[idx], sample, metric) < bandwidth).to(sample.dtype)
         support = near.sum(1, keepdim=True)
         new = torch.where(support > 0, near @ sample / support.clamp(min=1), modes[idx])
-        shift = _distance(new, modes[idx], metric).diagonal()
+        diff = new - modes[idx]  # exact, unlike cdist's matrix-product shortcut
+        shift = diff.abs().sum(1) if metric == "l1" else diff.norm(dim=1)
         modes[idx] = new
         active[idx[shift < tol]] = False
     return modes

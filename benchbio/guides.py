@@ -219,7 +219,7 @@ def search_guides(
         loss.backward()
         opt.step()
         if log is not None and (step % 20 == 0 or step == steps - 1):
-            log("guide_search_loss", float(loss), step)
+            log("guide_search_loss", float(loss.detach()), step)
     with torch.no_grad():
         hinges, seps = [], []
         for (pts, wts), pairs in zip(images, all_pairs):

@@ -1,0 +1,67 @@
+"""Mean-shift clustering of embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from benchbio.cluster import embeddings_to_labels, mean_shift, mean_shift_sklearn, remove_small
+
+
+def _blobs(n_clusters=8, n=3000, dim=12, spread=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-2, 2, (n_clusters, dim))
+    truth = rng.integers(0, n_clusters, n)
+    return centres[truth] + rng.normal(0, spread, (n, dim)), truth
+
+
+@pytest.mark.parametrize("metric", ["l2", "l1"])
+def test_mean_shift_recovers_well_separated_clusters(metric):
+    points, truth = _blobs(spread=0.05 if metric == "l2" else 0.01)
+    labels, modes = mean_shift(points, 0.5, metric=metric)
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert len(modes) == 8
+
+
+def test_mean_shift_agrees_with_sklearn():
+    points, _ = _blobs(n=1500)
+    ours, _ = mean_shift(points, 0.5)
+    ref, _ = mean_shift_sklearn(points, 0.5)
+    assert adjusted_rand_score(ref, ours) == 1.0
+
+
+def test_clusters_sharing_a_bin_are_not_merged():
+    # Two tight clusters 0.6 apart (> bandwidth) whose points fall in one bin: a bin
+    # centre seed would sit within the bandwidth of both and merge them.
+    rng = np.random.default_rng(1)
+    a = np.array([0.2, 0.0]) + rng.normal(0, 0.01, (200, 2))
+    b = np.array([-0.4, 0.0]) + rng.normal(0, 0.01, (200, 2))
+    labels, _ = mean_shift(np.vstack([a, b]), 0.5)
+    assert len(set(labels[:200])) == 1 and len(set(labels[200:])) == 1
+    assert labels[0] != labels[-1]
+
+
+def test_mean_shift_is_deterministic_and_handles_empty():
+    points, _ = _blobs(n=30000)
+    first, _ = mean_shift(points, 0.5, seed=3)
+    second, _ = mean_shift(points, 0.5, seed=3)
+    assert np.array_equal(first, second)
+    labels, modes = mean_shift(np.zeros((0, 4)), 0.5)
+    assert labels.shape == (0,)
+
+
+def test_embeddings_to_labels_background_and_min_area():
+    emb = np.zeros((2, 10, 10), np.float32)
+    emb[:, :2, :2] = 5.0  # small object: 4 pixels
+    emb[:, 5:, 5:] = -5.0  # 25 pixels
+    labels = embeddings_to_labels(emb, 0.5, min_area=5)
+    assert labels.max() == 1 and (labels > 0).sum() == 25  # background = largest cluster
+    fg = np.zeros((10, 10), bool)
+    fg[:2, :2] = True
+    assert embeddings_to_labels(emb, 0.5, fg=fg).max() == 1
+
+
+def test_remove_small_relabels():
+    labels = np.array([[1, 1, 2], [3, 3, 3]])
+    assert remove_small(labels, 3).tolist() == [[0, 0, 0], [1, 1, 1]]
