@@ -52,7 +52,9 @@ class DiscriminativeOptions(MethodOptions):
         embedding_dim: embedding size (12, harmonic's, so only the loss differs).
         delta_v, delta_d: pull and push margins (0.5, 1.5).
         alpha, beta, gamma: weights of L_var, L_dist, L_reg (1, 1, 0.001).
-        bandwidth: mean-shift bandwidth at test time; None resolves to ``delta_v``.
+        bandwidth: mean-shift bandwidth at test time; None resolves to ``delta_d``, the
+            middle of [delta_v, 2 delta_d - delta_v), the radii around a mean that hold
+            its whole cluster and no pixel of another once the hinges are satisfied.
         position: "none" (plain U-Net) or "sinconv" (decoder sees the searched guides).
         n_guides, eps, search_steps, search_lr: harmonic's guide search (SinConv only).
         kernel_size: kernel of the decoder's first convolutions (authors' U-Net: 7).
@@ -160,7 +162,7 @@ class Discriminative(Method):
         if o.clusterer not in ("torch", "sklearn"):
             raise BenchbioError(f"clusterer={o.clusterer!r}: use torch or sklearn")
         if o.bandwidth is None:
-            o.bandwidth = o.delta_v
+            o.bandwidth = o.delta_d
         # The guide search, its cache and its state are harmonic's, reused as they are.
         self._harmonic = Harmonic(
             n_guides=o.n_guides, eps=o.eps, search_steps=o.search_steps,
@@ -216,7 +218,7 @@ class Discriminative(Method):
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
     ) -> np.ndarray:
-        """Mean-shift with bandwidth ``delta_v`` (largest cluster = background w/o fg)."""
+        """Mean-shift with bandwidth ``delta_d`` (largest cluster = background w/o fg)."""
         return embeddings_to_labels(
             output.float(), float(self.opts.bandwidth), fg=fg, min_area=min_area,
             clusterer=self.opts.clusterer,

@@ -65,7 +65,7 @@ def ideal_embedding(labels: np.ndarray, dim: int = 12, seed: int = 0) -> torch.T
 @pytest.mark.parametrize("given_fg", [False, True])
 def test_oracle_recovers_instances(given_fg):
     method = create_method("discriminative")
-    assert method.options()["bandwidth"] == 0.5  # resolved from delta_v
+    assert method.options()["bandwidth"] == 1.5  # resolved from delta_d
     preds, gts = [], []
     for seed in range(2):
         _, labels = make_cells(seed, size=64)
