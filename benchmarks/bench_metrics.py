@@ -142,10 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from benchbio.evaluation import ImagePair, evaluate
     from benchbio.metrics.fg_bg_dice import FgBgDice
     from benchbio.metrics.sbd import SymmetricBestDice
-
-    from benchbio.evaluation import ImagePair, evaluate
 
     pred, gt = synthetic_pair(args.size, args.instances)
     n_pred, n_gt = len(np.unique(pred)) - 1, len(np.unique(gt)) - 1

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchbio.methods.harmonic import Harmonic
 
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample
@@ -32,6 +31,7 @@ from benchbio.errors import BenchbioError
 from benchbio.guides import GuideMaps
 from benchbio.instances import owner_map
 from benchbio.method import LogFn, Method, MethodOptions
+from benchbio.methods.harmonic import Harmonic
 from benchbio.nets import build_unet
 from benchbio.registry import register_method
 

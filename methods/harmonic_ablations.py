@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchbio.methods.harmonic import Harmonic, HarmonicOptions
-
 from benchbio.registry import register_method
 
 __all__ = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from benchbio.datasets.celegans import get_celegans_paths
 from PIL import Image
 
+from benchbio.datasets.celegans import get_celegans_paths
 from benchbio.errors import DataError
 from benchbio.registry import DATASETS
 

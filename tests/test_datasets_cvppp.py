@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from benchbio.datasets.cvppp import download_cvppp, get_cvppp_paths
 from PIL import Image
 
+from benchbio.datasets.cvppp import download_cvppp, get_cvppp_paths
 from benchbio.errors import BenchbioError, DataError
 from benchbio.instances import count_instances
 from benchbio.registry import DATASETS

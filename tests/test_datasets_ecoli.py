@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from benchbio.datasets.ecoli import download_ecoli
 from PIL import Image
 
+from benchbio.datasets.ecoli import download_ecoli
 from benchbio.errors import BenchbioError, DataError
 from benchbio.registry import DATASETS
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from benchbio.datasets.synthetic import make_cells
-from benchbio.methods.harmonic import GUIDE_RANGES, Harmonic
 
 from benchbio import METHODS, create_method
 from benchbio.data import Sample
+from benchbio.datasets.synthetic import make_cells
 from benchbio.evaluation import evaluate
 from benchbio.guides import Guides
+from benchbio.methods.harmonic import GUIDE_RANGES, Harmonic
 
 ABLATIONS = {
     "harmonic-coordconv": ("position", "coordconv"),

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from benchbio.datasets.synthetic import make_cells, make_worms
-from benchbio.methods.discriminative import cluster_targets, discriminative_loss
 
 from benchbio import create_method
 from benchbio.data import Sample
+from benchbio.datasets.synthetic import make_cells, make_worms
 from benchbio.evaluation import evaluate
+from benchbio.methods.discriminative import cluster_targets, discriminative_loss
 
 
 def as_output(points: list[list[float]], shape: tuple[int, int]) -> torch.Tensor:

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from benchbio.datasets.synthetic import make_cells
-from benchbio.methods.embedseg import coordinate_grid, lovasz_hinge, spatial_embedding_loss
 
 from benchbio import create_method
+from benchbio.datasets.synthetic import make_cells
 from benchbio.evaluation import evaluate
+from benchbio.methods.embedseg import coordinate_grid, lovasz_hinge, spatial_embedding_loss
 
 SCALE = 1023.0
 

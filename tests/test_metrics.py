@@ -8,7 +8,6 @@ import io
 
 import numpy as np
 import pytest
-from benchbio.metrics.dsb_accuracy import THRESHOLDS, accuracy, true_positives
 from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +19,7 @@ from pycocotools.cocoeval import COCOeval
 from benchbio.errors import BenchbioError, UnknownPluginError
 from benchbio.evaluation import EvalResult, ImagePair, evaluate
 from benchbio.instances import relabel
+from benchbio.metrics.dsb_accuracy import THRESHOLDS, accuracy, true_positives
 
 ALL = ("sbd", "dic", "fg_bg_dice", "coco", "dsb_accuracy")
 
