@@ -58,9 +58,11 @@ class HarmonicOptions(MethodOptions):
         search_steps, search_lr: SGD steps and learning rate of the guide search.
         kernel_size: kernel of the SinConv layers (authors: 7).
         clusterer: "torch" (vectorised mean-shift) or "sklearn" (the authors').
-        cluster_metric: distance of the torch mean-shift kernel: "l1", the distance the
-            guide search separates objects by (eq. 4), so that bandwidth = eps means the
-            same separation in both; or "l2" (scikit-learn's, the authors').
+        cluster_metric: distance of the torch mean-shift kernel: "l2" (default; the
+            authors' and scikit-learn's, and the more tolerant of a trained network's
+            noise: on a 600-step synthetic-cells model it scored SBD 0.44 against 0.26
+            for "l1"), or "l1", the distance the guide search separates objects by
+            (eq. 4), with which ideal outputs are always recovered exactly.
     """
 
     n_guides: int = 12

@@ -95,11 +95,15 @@ def test_guide_search_is_cached_per_training_set(cells, monkeypatch):
     assert np.allclose(first.guides.params, second.guides.params)
 
 
-@pytest.mark.parametrize("metric", ["l1", "l2"])
-def test_oracle_targets_recover_instances(cells, metric):
-    """Ideal network output -> the inference step recovers the ground truth."""
+def test_oracle_targets_recover_instances(cells):
+    """Ideal network output -> the inference step recovers the ground truth.
+
+    The guide search separates objects by eps in L1 (eq. 4), so mean-shift with
+    bandwidth eps in L1 separates every pair. The default L2 kernel (more tolerant of a
+    trained network's noise) can merge the rare pairs closer than eps in L2.
+    """
     train, test = cells
-    method = benchbio.create_method("harmonic", search_steps=200, cluster_metric=metric)
+    method = benchbio.create_method("harmonic", search_steps=200, cluster_metric="l1")
     method.fit(train, seed=0)
     preds = [
         method.postprocess(torch.from_numpy(method.targets(s.instances, None)["embedding"]),
