@@ -63,7 +63,7 @@ def to_stack(instances: np.ndarray) -> np.ndarray:
     instances = np.asarray(instances)
     if is_stack(instances):
         stack = instances.astype(bool)
-        return stack[stack.reshape(len(stack), -1).any(axis=1)]
+        return stack[stack.any(axis=(1, 2))]
     labels = relabel(instances)
     n = int(labels.max()) if labels.size else 0
     return labels[None] == np.arange(1, n + 1)[:, None, None]
@@ -120,5 +120,5 @@ def crop_instances(instances: np.ndarray, sl: tuple[slice, slice]) -> np.ndarray
     instances = np.asarray(instances)
     if is_stack(instances):
         stack = instances[(slice(None), *sl)]
-        return stack[stack.reshape(len(stack), -1).any(axis=1)] if len(stack) else stack
+        return stack[stack.any(axis=(1, 2))]
     return instances[sl]

@@ -52,7 +52,7 @@ def stack_nonempty(stack: np.ndarray) -> np.ndarray:
     stack = np.asarray(stack)
     if len(stack) == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(stack.reshape(len(stack), -1).any(axis=1))
+    return np.flatnonzero(stack.any(axis=(1, 2)))
 
 
 @dataclass(frozen=True)

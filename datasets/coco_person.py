@@ -139,7 +139,7 @@ def _loader(paths: dict[str, tuple[Path, int]], ann: dict[str, Path], size: int 
             rgb = letterbox(rgb, size, Image.BILINEAR)
             masks = [letterbox(m, size, Image.NEAREST) for m in masks]
         stack = (np.stack(masks) if masks else np.zeros((0, *rgb.shape[:2]), np.uint8)) > 0
-        keep = stack.reshape(len(stack), -1).any(axis=1)  # drop masks lost in resizing
+        keep = stack.any(axis=(1, 2))  # drop masks lost in resizing
         image = np.moveaxis(rgb.astype(np.float32) / 255.0, -1, 0)
         return Sample(name=name, image=image, instances=stack[keep], crowd=crowd[keep])
 

@@ -90,7 +90,7 @@ def harmonic_targets(
     owner = owner_map(instances)
     if is_stack(instances):
         stack = to_stack(instances).astype(np.float32)
-        area = stack.reshape(len(stack), -1).sum(1)
+        area = stack.sum(axis=(1, 2))
         means = np.einsum("khw,nhw->kn", stack, maps) / np.maximum(area, 1)[:, None]
         n_obj = len(stack)
     else:

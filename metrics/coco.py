@@ -52,7 +52,7 @@ def _pair_rles(pair: ImagePair) -> tuple[list[dict], np.ndarray, list[dict], np.
     """(gt RLEs, crowd flags, predicted RLEs, scores) of one image, cached on the pair."""
     if "coco" not in pair.cache:
         if is_stack(pair.gt):
-            keep = np.flatnonzero(pair.gt.reshape(len(pair.gt), -1).any(axis=1))
+            keep = np.flatnonzero(pair.gt.any(axis=(1, 2)))
             gt_masks = pair.gt[keep]
         else:
             gt_masks = _label_masks(pair.gt)

@@ -53,3 +53,13 @@ def test_crop_drops_masks_outside_window():
 def test_bad_rank_is_rejected():
     with pytest.raises(ValueError, match="label image"):
         to_stack(np.zeros(4))
+
+
+def test_empty_stacks_are_handled():
+    empty = np.zeros((0, 4, 5), bool)
+    assert to_stack(empty).shape == (0, 4, 5)
+    assert crop_instances(empty, (slice(0, 2), slice(0, 2))).shape == (0, 2, 2)
+    assert owner_map(empty).tolist() == np.zeros((4, 5), int).tolist()
+    one = np.zeros((1, 4, 4), bool)
+    one[0, 3, 3] = True
+    assert crop_instances(one, (slice(0, 2), slice(0, 2))).shape == (0, 2, 2)
