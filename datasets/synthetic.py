@@ -110,6 +110,29 @@ def _split_samples(make, prefix: str, seed: int, split: str, count: int, fg_inpu
     return LazySamples([f"{prefix}_{split}_{i:03d}" for i in range(count)], load)
 
 
+def _generated(
+    name: str, make, fg_input: bool, metrics: tuple[str, ...], description: str,
+    seed: int, counts: dict[str, int], size: int,
+) -> InstanceDataset:
+    """An InstanceDataset whose splits are generated lazily from ``make(seed)``."""
+    prefix = name.removeprefix("synthetic-")
+    splits = {
+        k: _split_samples(lambda s: make(s, size=size), prefix, seed, k, n, fg_input)
+        for k, n in counts.items()
+    }
+    return InstanceDataset(
+        name=name,
+        splits=splits,
+        in_channels=1,
+        metrics=metrics,
+        val_metric="sbd",
+        fg_at_test=fg_input,
+        min_area=20,
+        options={"seed": seed, **{f"n_{k}": n for k, n in counts.items()}, "size": size},
+        description=description,
+    )
+
+
 @register_dataset("synthetic-cells")
 def synthetic_cells(
     data_dir: str | None = None, seed: int = 0, n_train: int = 48, n_val: int = 8,
@@ -117,23 +140,10 @@ def synthetic_cells(
 ) -> InstanceDataset:
     """Densely packed textured cells, generated (no download); CVPPP-style scoring."""
     del data_dir  # generated, nothing on disk
-
-    def make(s: int):
-        return make_cells(s, size=size)
-
-    counts = {"train": n_train, "val": n_val, "test": n_test}
-    splits = {k: _split_samples(make, "cells", seed, k, n, False) for k, n in counts.items()}
-    return InstanceDataset(
-        name="synthetic-cells",
-        splits=splits,
-        in_channels=1,
-        metrics=("sbd", "dic", "fg_bg_dice", "dsb_accuracy"),
-        val_metric="sbd",
-        fg_at_test=False,
-        min_area=20,
-        options={"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-                 "size": size},
-        description="densely packed textured cell-like instances, generated from a seed",
+    return _generated(
+        "synthetic-cells", make_cells, False, ("sbd", "dic", "fg_bg_dice", "dsb_accuracy"),
+        "densely packed textured cell-like instances, generated from a seed",
+        seed, {"train": n_train, "val": n_val, "test": n_test}, size,
     )
 
 
@@ -143,22 +153,9 @@ def synthetic_worms(
     n_test: int = 16, size: int = 128,
 ) -> InstanceDataset:
     """Overlapping worm-like instances from a binary image, generated; COCO AP scoring."""
-    del data_dir
-
-    def make(s: int):
-        return make_worms(s, size=size)
-
-    counts = {"train": n_train, "val": n_val, "test": n_test}
-    splits = {k: _split_samples(make, "worms", seed, k, n, True) for k, n in counts.items()}
-    return InstanceDataset(
-        name="synthetic-worms",
-        splits=splits,
-        in_channels=1,
-        metrics=("coco", "sbd", "dsb_accuracy"),
-        val_metric="sbd",
-        fg_at_test=True,
-        min_area=20,
-        options={"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-                 "size": size},
-        description="overlapping worm-like instances (mask stacks) from a binary image",
+    del data_dir  # generated, nothing on disk
+    return _generated(
+        "synthetic-worms", make_worms, True, ("coco", "sbd", "dsb_accuracy"),
+        "overlapping worm-like instances (mask stacks) from a binary image",
+        seed, {"train": n_train, "val": n_val, "test": n_test}, size,
     )

@@ -35,3 +35,27 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.delenv("BENCHBIO_DATA", raising=False)
+
+
+def train_steps(method, images, instances, steps: int = 10, fg=None) -> list[float]:
+    """Losses of ``steps`` Adam steps of a method's own model on fixed crops.
+
+    Uses only the method's hooks (build_model, targets, loss), so a test can check that
+    a method learns without the harness.
+    """
+    import numpy as np
+    import torch
+
+    model = method.build_model(images[0].shape[0])
+    x = torch.from_numpy(np.stack(images))
+    per_crop = [method.targets(inst, fg) for inst in instances]
+    targets = {k: torch.from_numpy(np.stack([d[k] for d in per_crop])) for k in per_crop[0]}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = method.loss(model(x), targets)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import train_steps
 
 from benchbio import METHODS, create_method
 from benchbio.data import Sample
@@ -105,16 +106,7 @@ def test_training_steps_lower_the_loss(name):
     torch.manual_seed(0)
     train = _samples()
     method = _fitted(name, train, width=8)
-    model = method.build_model(1)
-    x = torch.from_numpy(np.stack([s.image for s in train]))
-    t = [method.targets(s.instances, None) for s in train]
-    targets = {k: torch.from_numpy(np.stack([d[k] for d in t])) for k in t[0]}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        opt.zero_grad()
-        loss = method.loss(model(x), targets)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(
+        method, [s.image for s in train], [s.instances for s in train], steps=10
+    )
     assert np.mean(losses[-3:]) < np.mean(losses[:3])

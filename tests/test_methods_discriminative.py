@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import train_steps
 
 from benchbio import create_method
 from benchbio.data import Sample
@@ -102,18 +103,9 @@ def test_training_steps_lower_the_loss(name):
     method = create_method(name, width=8, search_steps=10)
     train = _samples(2)
     method.fit(train, seed=0)
-    model = method.build_model(1)
-    x = torch.from_numpy(np.stack([s.image for s in train]))
-    t = [method.targets(s.instances, None) for s in train]
-    targets = {k: torch.from_numpy(np.stack([d[k] for d in t])) for k in t[0]}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(12):
-        opt.zero_grad()
-        loss = method.loss(model(x), targets)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(
+        method, [s.image for s in train], [s.instances for s in train], steps=12
+    )
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
 
 

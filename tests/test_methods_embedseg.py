@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import train_steps
 
 from benchbio import create_method
 from benchbio.datasets.synthetic import make_cells
@@ -88,17 +89,6 @@ def test_training_steps_lower_the_loss():
     torch.manual_seed(0)
     method = create_method("embedseg", width=8)
     method.fit([], seed=0)
-    model = method.build_model(1)
     crops = [make_cells(s, size=48) for s in range(2)]
-    x = torch.from_numpy(np.stack([c[0] for c in crops]))
-    t = [method.targets(c[1], None) for c in crops]
-    targets = {k: torch.from_numpy(np.stack([d[k] for d in t])) for k in t[0]}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(12):
-        opt.zero_grad()
-        loss = method.loss(model(x), targets)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(method, [c[0] for c in crops], [c[1] for c in crops], steps=12)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
