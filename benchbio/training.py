@@ -394,8 +394,13 @@ def preflight(config: RunConfig, dataset: InstanceDataset) -> None:
         raise BenchbioError("--batch-size must be at least 1")
 
 
-def run(config: RunConfig, track: bool = True) -> RunResult:
-    """Train and evaluate as one MLflow run (or untracked with ``track=False``)."""
+def run(
+    config: RunConfig, track: bool = True, tags: dict[str, str] | None = None
+) -> RunResult:
+    """Train and evaluate as one MLflow run (or untracked with ``track=False``).
+
+    ``tags`` are added to the run's own (e.g. a sweep's study name and config hash).
+    """
     method, dataset = build(config)
     preflight(config, dataset)
     with tempfile.TemporaryDirectory(prefix="benchbio-") as tmp:
@@ -414,6 +419,7 @@ def run(config: RunConfig, track: bool = True) -> RunResult:
             "seed": str(config.seed),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "git_commit": git_commit(),
+            **(tags or {}),
         }
         experiment = config.experiment or dataset.name
         resolved = {
