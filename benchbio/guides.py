@@ -26,7 +26,7 @@ import torch
 
 from .instances import to_stack
 from .method import LogFn
-from .nets import PositionMaps, pixel_centres
+from .nets import PositionMaps
 
 __all__ = ["Guides", "GuideMaps", "object_points", "search_guides", "sample_guides"]
 
@@ -104,15 +104,16 @@ class GuideMaps(PositionMaps):
         self.ref_height, self.ref_width = float(guides.ref_height), float(guides.ref_width)
 
     def forward(self, height: int, width: int, stride: int, like: torch.Tensor) -> torch.Tensor:
-        ys = pixel_centres(height, stride, like.device) / self.ref_height
-        xs = pixel_centres(width, stride, like.device) / self.ref_width
+        ys, xs = self.centres(height, width, stride, like)
+        ys, xs = ys / self.ref_height, xs / self.ref_width
         p = self.params.float()
         arg = (
-            p[:, 0, None, None] * xs[None, None, :]
-            + p[:, 1, None, None] * ys[None, :, None]
-            + p[:, 2, None, None]
+            p[None, :, 0, None, None] * xs[:, None, None, :]
+            + p[None, :, 1, None, None] * ys[:, None, :, None]
+            + p[None, :, 2, None, None]
         )
-        return torch.sin(arg).to(like.dtype)
+        maps = torch.sin(arg).to(like.dtype)
+        return maps if self.origins is not None else maps[0]
 
 
 def object_points(

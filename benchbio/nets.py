@@ -36,9 +36,26 @@ class PositionMaps(nn.Module):
     """Maps of position that are concatenated to a convolution's input."""
 
     channels: int = 0
+    #: ``(B, 2)`` whole-image (row, col) of each batch item's top-left pixel, or None for
+    #: (0, 0). Tiled inference (:mod:`benchbio.inference`) sets it so that a tile sees the
+    #: maps of its true position in the image, as whole-image prediction would.
+    origins: torch.Tensor | None = None
+
+    def centres(
+        self, height: int, width: int, stride: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell-centre rows ``(1 or B, height)`` and columns ``(1 or B, width)`` in
+        whole-image pixels (:func:`pixel_centres` shifted by :attr:`origins`)."""
+        ys = pixel_centres(height, stride, like.device)[None]
+        xs = pixel_centres(width, stride, like.device)[None]
+        if self.origins is not None:
+            origins = self.origins.to(like.device, torch.float32)
+            ys, xs = ys + origins[:, :1], xs + origins[:, 1:]
+        return ys, xs
 
     def forward(self, height: int, width: int, stride: int, like: torch.Tensor) -> torch.Tensor:
-        """``(channels, height, width)`` maps for a feature map downsampled by ``stride``."""
+        """``(channels, height, width)`` maps for a feature map downsampled by ``stride``;
+        ``(B, channels, height, width)`` when :attr:`origins` is set."""
         raise NotImplementedError
 
 
@@ -56,10 +73,13 @@ class CoordMaps(PositionMaps):
         self.ref_height, self.ref_width = ref_height, ref_width
 
     def forward(self, height: int, width: int, stride: int, like: torch.Tensor) -> torch.Tensor:
-        ys = pixel_centres(height, stride, like.device) / max(self.ref_height - 1, 1) * 2 - 1
-        xs = pixel_centres(width, stride, like.device) / max(self.ref_width - 1, 1) * 2 - 1
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        return torch.stack([grid_x, grid_y]).to(like.dtype)
+        ys, xs = self.centres(height, width, stride, like)
+        ys = ys / max(self.ref_height - 1, 1) * 2 - 1
+        xs = xs / max(self.ref_width - 1, 1) * 2 - 1
+        grid_y = ys[:, :, None].expand(-1, -1, width)
+        grid_x = xs[:, None, :].expand(-1, height, -1)
+        maps = torch.stack([grid_x, grid_y], 1).to(like.dtype)
+        return maps if self.origins is not None else maps[0]
 
 
 class AugmentedConv(nn.Module):
@@ -88,7 +108,8 @@ class AugmentedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.position is not None:
             maps = self.position(x.shape[-2], x.shape[-1], self.stride, x)
-            x = torch.cat([x, maps.unsqueeze(0).expand(x.shape[0], -1, -1, -1)], dim=1)
+            maps = maps if maps.dim() == 4 else maps.unsqueeze(0)
+            x = torch.cat([x, maps.expand(x.shape[0], -1, -1, -1)], dim=1)
         return self.conv(x)
 
 
