@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-_MODULES = ["list", "eval", "data", "run", "ui"]
+_MODULES = ["list", "eval", "data", "run", "ui", "sweep", "report"]
 
 
 def _load() -> list[click.Command]:
