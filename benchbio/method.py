@@ -148,3 +148,11 @@ class Method:
         ``fg`` is the protocol's foreground mask when it gives one at test time.
         """
         raise NotImplementedError
+
+    def unflip(self, output: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
+        """For flip test-time augmentation: the ``(C, H, W)`` output of the input flipped
+        along ``dims``, mapped back to the unflipped image (spatial flip plus whatever the
+        channels mean), or None when no such map exists. Default None: e.g. harmonic
+        embeddings are functions of absolute position, so a flipped image has other
+        targets, not flipped ones."""
+        return None

@@ -215,6 +215,11 @@ class Discriminative(Method):
         )
 
     # --------------------------------------------------------------- inference
+    def unflip(self, output: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
+        """Flip back when the network sees no position (the embedding of an object does
+        not depend on where it is); None with SinConv, whose embeddings do."""
+        return output.flip(dims) if self.opts.position == "none" else None
+
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
     ) -> np.ndarray:

@@ -246,6 +246,15 @@ class EmbedSeg(Method):
             w_seed=o.w_seed,
         )
 
+    def unflip(self, output: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """Flip back; an offset along a flipped axis changes sign (tanh is odd, so the
+        logit's sign flips: channel 0 is x, 1 is y); sigma and seed maps only move."""
+        out = output.flip(dims).clone()
+        for dim in dims:
+            channel = 0 if dim in (-1, output.dim() - 1) else 1
+            out[channel] = -out[channel]
+        return out
+
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
     ) -> np.ndarray:

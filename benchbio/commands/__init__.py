@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-_MODULES = ["list", "eval", "data", "run", "ui", "sweep", "report"]
+_MODULES = ["list", "eval", "data", "run", "ui", "sweep", "report", "predict"]
 
 
 def _load() -> list[click.Command]:
