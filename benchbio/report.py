@@ -1,0 +1,354 @@
+"""Paper-style tables from a study's MLflow runs: Markdown, CSV, LaTeX and a PNG figure.
+
+Rows are methods, columns test metrics, each cell the mean +- sample std over the
+finished runs (seeds) of that method; the best mean per column is marked, using each
+metric plugin's direction (higher, lower, or closest to 0 for signed keys); reference
+figures (e.g. the paper's) sit in a column beside the measured ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BenchbioError
+from .sweep import Reference
+
+__all__ = ["Row", "StudyTable", "build_table", "metric_direction", "to_markdown", "to_csv",
+           "to_latex", "save_figure", "write_report", "OUTPUT_FILES"]
+
+OUTPUT_FILES = ("table.md", "table.csv", "table.tex", "figure.png")
+
+
+def metric_direction(key: str) -> str:
+    """``higher``, ``lower`` or ``zero`` (signed: best at 0), from the metric plugins."""
+    from .registry import METRICS
+
+    for name in METRICS.names():
+        metric = METRICS.create(name)
+        if key in metric.keys:
+            if key in metric.signed:
+                return "zero"
+            return "lower" if key in metric.lower_is_better else "higher"
+    return "higher"
+
+
+@dataclass
+class Row:
+    """One method on one dataset: its per-seed figures and any reference figures."""
+
+    dataset: str
+    method: str
+    values: dict[str, list[float]] = field(default_factory=dict)
+    seeds: list[str] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    reference: dict[str, float] = field(default_factory=dict)
+    reference_label: str = ""
+    best: set[str] = field(default_factory=set)
+    in_study: bool = False
+
+    @property
+    def runs(self) -> int:
+        return len(self.seeds)
+
+    def mean(self, key: str) -> float | None:
+        vals = self.values.get(key, [])
+        return float(np.mean(vals)) if vals else None
+
+    def std(self, key: str) -> float | None:
+        vals = self.values.get(key, [])
+        return float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+    @property
+    def label(self) -> str:
+        if not (self.runs or self.in_study) and self.reference_label:
+            return self.reference_label
+        if self.reference_label and self.reference_label != self.method:
+            return f"{self.method} (ref: {self.reference_label})"
+        return self.method
+
+
+@dataclass
+class StudyTable:
+    """Everything the outputs show: rows per dataset, the metric columns, provenance."""
+
+    title: str
+    metrics: list[str]
+    rows: dict[str, list[Row]]
+    reference_source: str = ""
+    commits: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    n_runs: int = 0
+    missing: list[str] = field(default_factory=list)
+    source: str = ""
+    description: str = ""
+
+    def has_reference(self, dataset: str, key: str) -> bool:
+        return any(key in r.reference for r in self.rows[dataset])
+
+
+def _mark_best(rows: Sequence[Row], metrics: Sequence[str]) -> None:
+    for key in metrics:
+        direction = metric_direction(key)
+        means = [(r, r.mean(key)) for r in rows if r.mean(key) is not None]
+        if not means:
+            continue
+        score = {"higher": lambda m: -m, "lower": lambda m: m, "zero": abs}[direction]
+        best = min(round(score(m), 3) for _, m in means)
+        for r, m in means:
+            if round(score(m), 3) == best:
+                r.best.add(key)
+
+
+def build_table(
+    runs: Iterable[Any], *, title: str, metrics: Sequence[str] | None = None,
+    references: Sequence[Reference] = (), reference_source: str = "",
+    methods: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
+    missing: Sequence[str] = (), source: str = "", description: str = "",
+) -> StudyTable:
+    """Group finished MLflow runs by (dataset, method) into rows with reference figures.
+
+    ``methods``/``datasets`` fix the row/section order (a study's); otherwise sorted.
+    ``metrics`` are the columns (keys without ``test_``); by default every test metric.
+    """
+    runs = [r for r in runs if r.info.status == "FINISHED"]
+    keys = list(metrics or sorted({k[5:] for r in runs for k in r.data.metrics
+                                   if k.startswith("test_")}))
+    if not runs and not references:
+        raise BenchbioError(f"no finished runs for {source or title} and no reference figures; "
+                            "run the study first (`benchbio sweep SPEC.toml`)")
+    by_key: dict[tuple[str, str], Row] = {}
+    for run in runs:
+        tags = run.data.tags
+        row = by_key.setdefault((tags.get("dataset", "?"), tags.get("method", "?")),
+                                Row(tags.get("dataset", "?"), tags.get("method", "?")))
+        row.seeds.append(tags.get("seed", "?"))
+        for key in keys:
+            if f"test_{key}" in run.data.metrics:
+                row.values.setdefault(key, []).append(float(run.data.metrics[f"test_{key}"]))
+        if "run_seconds" in run.data.metrics:
+            row.seconds.append(float(run.data.metrics["run_seconds"]))
+    order_m = list(methods or sorted({m for _, m in by_key}))
+    order_d = list(datasets or sorted({d for d, _ in by_key} | {r.dataset for r in references}))
+    for dataset in datasets or ():
+        for method in methods or ():
+            by_key.setdefault((dataset, method), Row(dataset, method)).in_study = True
+    for ref in references:
+        if ref.dataset not in order_d:
+            continue
+        row = by_key.setdefault((ref.dataset, ref.method), Row(ref.dataset, ref.method))
+        row.reference.update(ref.values)
+        row.reference_label = ref.label or row.reference_label
+    rows: dict[str, list[Row]] = {}
+    for dataset in order_d:
+        measured = [by_key[(dataset, m)] for m in order_m if (dataset, m) in by_key]
+        extra = [r for (d, m), r in by_key.items() if d == dataset and m not in order_m]
+        extra_measured = sorted((r for r in extra if r.runs), key=lambda r: r.method)
+        ref_only = [r for r in extra if not r.runs]  # in the references' order
+        rows[dataset] = measured + extra_measured + ref_only
+        _mark_best([r for r in rows[dataset] if r.runs], keys)
+    return StudyTable(
+        title=title, metrics=keys, rows=rows, reference_source=reference_source,
+        commits=sorted({r.data.tags.get("git_commit", "unknown") for r in runs}),
+        devices=sorted({r.data.tags.get("device", "unknown") for r in runs}),
+        n_runs=len(runs), missing=list(missing), source=source, description=description,
+    )
+
+
+# ---------------------------------------------------------------------------- text
+def _fmt(value: float | None, std: float | None = None, sep: str = " ± ") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:.3f}"
+    return text + (f"{sep}{std:.3f}" if std is not None else "")
+
+
+def _arrow(key: str) -> str:
+    return {"higher": "↑", "lower": "↓", "zero": "→0"}[metric_direction(key)]
+
+
+def _columns(table: StudyTable, dataset: str) -> list[tuple[str, str]]:
+    """(kind, key) per column after the method: measured figures and references."""
+    cols = []
+    for key in table.metrics:
+        cols.append(("mean", key))
+        if table.has_reference(dataset, key):
+            cols.append(("ref", key))
+    return cols
+
+
+def _provenance(table: StudyTable) -> list[str]:
+    lines = [f"From {table.n_runs} finished MLflow runs ({table.source}); mean ± sample std "
+             "over seeds; best mean per column in bold (↑ higher, ↓ lower, →0 closest to 0 "
+             "is best)."]
+    if table.commits:
+        lines.append(f"Commit: {', '.join(table.commits)}. Device: {', '.join(table.devices)}.")
+    if table.reference_source:
+        lines.append(f"Reference figures (ref columns): {table.reference_source}.")
+    if table.missing:
+        lines.append(f"No finished run yet for {len(table.missing)} cell(s): "
+                     f"{'; '.join(table.missing)}.")
+    return lines
+
+
+def to_markdown(table: StudyTable) -> str:
+    """The table as GitHub Markdown, one section per dataset."""
+    out = [f"# {table.title}", ""]
+    if table.description:
+        out += [table.description, ""]
+    for dataset, rows in table.rows.items():
+        cols = _columns(table, dataset)
+        out += [f"## {dataset}", ""]
+        head = ["method", "runs"] + [f"{k} {_arrow(k)}" if kind == "mean" else f"{k} (ref)"
+                                     for kind, k in cols] + ["minutes/run"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|---|---:|" + "---:|" * (len(cols) + 1))
+        for r in rows:
+            cells = [r.label, str(r.runs)]
+            for kind, key in cols:
+                if kind == "ref":
+                    cells.append(_fmt(r.reference.get(key)))
+                else:
+                    text = _fmt(r.mean(key), r.std(key))
+                    cells.append(f"**{text}**" if key in r.best else text)
+            cells.append(f"{np.mean(r.seconds) / 60:.1f}" if r.seconds else "–")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out += _provenance(table)
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: StudyTable) -> str:
+    """One line per (dataset, method): mean, std, best flag and reference per metric."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["dataset", "method", "label", "runs", "seeds"]
+    for key in table.metrics:
+        header += [f"{key}_mean", f"{key}_std", f"{key}_best", f"{key}_ref"]
+    header.append("seconds_mean")
+    writer.writerow(header)
+
+    def num(value: float | None) -> str:
+        return "" if value is None else f"{value:.6g}"
+
+    for dataset, rows in table.rows.items():
+        for r in rows:
+            line = [dataset, r.method, r.label, r.runs, " ".join(r.seeds)]
+            for key in table.metrics:
+                line += [num(r.mean(key)), num(r.std(key)), int(key in r.best),
+                         num(r.reference.get(key))]
+            line.append(num(float(np.mean(r.seconds)) if r.seconds else None))
+            writer.writerow(line)
+    return buf.getvalue()
+
+
+_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
+        "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def to_latex(table: StudyTable) -> str:
+    """One booktabs ``table`` per dataset (needs ``\\usepackage{booktabs}``)."""
+    arrows = {"higher": r"$\uparrow$", "lower": r"$\downarrow$", "zero": r"$\to 0$"}
+    out = [f"% {table.title}: generated by `benchbio report`; needs \\usepackage{{booktabs}}"]
+    for dataset, rows in table.rows.items():
+        cols = _columns(table, dataset)
+        out += [r"\begin{table}[t]", r"\centering",
+                r"\begin{tabular}{l r " + "r " * len(cols) + "}", r"\toprule"]
+        head = ["Method", "Runs"] + [
+            f"{_tex(k)} {arrows[metric_direction(k)]}" if kind == "mean" else f"{_tex(k)} (ref)"
+            for kind, k in cols]
+        out += [" & ".join(head) + r" \\", r"\midrule"]
+        for r in rows:
+            cells = [_tex(r.label), str(r.runs)]
+            for kind, key in cols:
+                if kind == "ref":
+                    cells.append(_fmt(r.reference.get(key)).replace("–", "--"))
+                    continue
+                text = _fmt(r.mean(key), r.std(key), sep=r" $\pm$ ").replace("–", "--")
+                cells.append(rf"\textbf{{{text}}}" if key in r.best else text)
+            out.append(" & ".join(cells) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}",
+                rf"\caption{{{_tex(table.title)}: {_tex(dataset)}. Mean $\pm$ std over seeds; "
+                r"best in bold.}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- figure
+def save_figure(table: StudyTable, path: Path) -> None:
+    """Per-metric bars (mean over seeds, std as error bar, each seed a dot), one row of
+    panels per dataset; reference figures as red diamonds (alone for methods not run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d, rows in table.rows.items() if rows]
+    if not datasets or not table.metrics:
+        raise BenchbioError("nothing to plot: no runs or reference figures with the chosen "
+                            "metrics")
+    n_rows, n_cols = len(datasets), len(table.metrics)
+    n_methods = max(len(table.rows[d]) for d in datasets)
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
+                             figsize=(max(3.0, 0.45 * n_methods + 1.5) * n_cols, 3.8 * n_rows))
+    colors = plt.get_cmap("tab10").colors
+    for i, dataset in enumerate(datasets):
+        rows = table.rows[dataset]
+        x = np.arange(len(rows))
+        for j, key in enumerate(table.metrics):
+            ax = axes[i][j]
+            means = [r.mean(key) if r.mean(key) is not None else np.nan for r in rows]
+            stds = [r.std(key) or 0.0 for r in rows]
+            ax.bar(x, means, yerr=stds, capsize=3, alpha=0.8,
+                   color=[colors[k % len(colors)] for k in range(len(rows))],
+                   edgecolor=["black" if key in r.best else "none" for r in rows],
+                   linewidth=1.5)
+            for k, r in enumerate(rows):
+                vals = r.values.get(key, [])
+                jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else [0.0]
+                if vals:
+                    ax.scatter(k + np.asarray(jitter), vals, s=12, color="black", zorder=3)
+            refs = [(k, r.reference[key]) for k, r in enumerate(rows) if key in r.reference]
+            if refs:
+                ax.scatter(*zip(*refs), marker="D", s=30, color="red", zorder=4,
+                           label="reference")
+                ax.legend(fontsize=7, loc="best")
+            where = f" — {dataset}" if n_rows > 1 or j == 0 else ""
+            ax.set_title(f"{key} {_arrow(key)}{where}", fontsize=10)
+            ax.set_xticks(x, [r.label for r in rows], rotation=35, ha="right", fontsize=8)
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{table.title}: bars mean over seeds, whiskers std, dots seeds; "
+                 "black edge = best", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(table: StudyTable, out_dir: Path, overwrite: bool = False) -> list[Path]:
+    """Write table.md, table.csv, table.tex and figure.png into ``out_dir`` (all or none:
+    the texts are rendered and the figure drawn before an existing report is replaced)."""
+    paths = [out_dir / name for name in OUTPUT_FILES]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise BenchbioError(f"{existing[0]} exists; pass --overwrite to replace the report "
+                            f"in {out_dir}")
+    texts = [to_markdown(table), to_csv(table), to_latex(table)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure_tmp = out_dir / ".figure.tmp.png"
+    save_figure(table, figure_tmp)
+    for path, text in zip(paths, texts):
+        path.write_text(text)
+    figure_tmp.replace(paths[3])
+    return paths
