@@ -7,15 +7,30 @@ store); benchbio checks it is reachable before any training starts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import random
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import BenchbioError
 
-__all__ = ["check_tracking_store", "tracked_run", "flatten", "git_commit"]
+__all__ = [
+    "check_tracking_store",
+    "check_store_writable",
+    "tracked_run",
+    "retrying",
+    "find_run",
+    "logged_steps",
+    "flatten",
+    "git_commit",
+]
+
+#: Run statuses that ``--resume`` accepts: the run did not end normally.
+UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -80,22 +95,159 @@ def check_tracking_store() -> str:
     return uri
 
 
-@contextlib.contextmanager
-def tracked_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[Any]:
-    """An active MLflow run; an exception marks it FAILED (KILLED on Ctrl-C) with the reason."""
+T = TypeVar("T")
+
+#: Transient store errors worth another try: SQLite's writer lock under concurrent
+#: workers, and a server that is restarting or overloaded.
+_TRANSIENT = ("database is locked", "database table is locked", "temporarily unavailable",
+              "error code 502", "error code 503", "error code 504", "Connection refused",
+              "Connection reset")
+RETRY_ATTEMPTS = 8
+
+
+def _is_transient(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in _TRANSIENT)
+
+
+def retrying(fn: Callable[..., T], attempts: int = RETRY_ATTEMPTS) -> Callable[..., T]:
+    """``fn`` retried with jittered exponential backoff (0.1 s doubling, up to 8 tries,
+    about 25 s in all) while it fails with a transient store error; other errors and the
+    last failure propagate. Many sweep workers share one SQLite file, whose single
+    writer lock can outlast SQLite's own busy timeout."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> T:
+        for attempt in range(attempts):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == attempts - 1 or not _is_transient(exc):
+                    raise
+                time.sleep(min(0.1 * 2**attempt, 8.0) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    return call
+
+
+def check_store_writable(experiment: str) -> Any:
+    """Create (or find) ``experiment`` and write a tag on it, so that a read-only store
+    fails before training; check its artifact folder too when it is local. Returns the
+    experiment."""
+    from .checkpoint import check_writable, local_path
+
     mlflow = _mlflow()
-    mlflow.set_experiment(experiment)
-    run = mlflow.start_run(run_name=run_name, tags=tags)
+    uri = mlflow.get_tracking_uri()
+    try:
+        exp = retrying(mlflow.set_experiment)(experiment)
+        retrying(mlflow.MlflowClient().set_experiment_tag)(
+            exp.experiment_id, "benchbio.last_write_check", time.strftime("%Y-%m-%dT%H:%M:%S")
+        )
+    except Exception as exc:
+        raise BenchbioError(
+            f"cannot write to the MLflow tracking store {uri}: {str(exc).splitlines()[0]}; "
+            "check its permissions or point MLFLOW_TRACKING_URI at a writable store"
+        ) from None
+    artifacts = local_path(exp.artifact_location)
+    if artifacts is not None:
+        check_writable(artifacts, f"artifact folder of experiment {experiment!r}",
+                       "run from a folder you can write to, or set MLFLOW_TRACKING_URI / "
+                       "the experiment's artifact location elsewhere")
+    return exp
+
+
+@contextlib.contextmanager
+def tracked_run(
+    experiment: str, run_name: str, tags: dict[str, str], run_id: str | None = None
+) -> Iterator[Any]:
+    """An active MLflow run (the existing run ``run_id`` when resuming); an exception
+    marks it FAILED, a signal or Ctrl-C KILLED, with the reason in ``failure_reason``."""
+    from .checkpoint import RunInterrupted
+
+    mlflow = _mlflow()
+    if run_id is None:
+        retrying(mlflow.set_experiment)(experiment)
+        run = retrying(mlflow.start_run)(run_name=run_name, tags=tags)
+    else:
+        run = retrying(mlflow.start_run)(run_id=run_id)
+        retrying(mlflow.set_tags)(tags)
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.set_tag("failure_reason", "interrupted by the user")
-        mlflow.end_run(status="KILLED")
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        reason = str(exc) if isinstance(exc, RunInterrupted) else "interrupted by the user"
+        _end(mlflow, "KILLED", reason)
         raise
     except BaseException as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        mlflow.set_tag("failure_reason", f"{type(exc).__name__}: {reason}"[:5000])
-        mlflow.end_run(status="FAILED")
+        _end(mlflow, "FAILED", f"{type(exc).__name__}: {reason}")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        with contextlib.suppress(Exception):  # absent after a first, clean attempt
+            mlflow.delete_tag("failure_reason")
+        retrying(mlflow.end_run)(status="FINISHED")
+
+
+def _end(mlflow: Any, status: str, reason: str) -> None:
+    """End the active run with ``status`` and the reason; never masks the original error."""
+    try:
+        retrying(mlflow.set_tag)("failure_reason", reason[:5000])
+    finally:
+        retrying(mlflow.end_run)(status=status)
+
+
+def find_run(which: str, experiment: str | None = None) -> Any:
+    """The run to resume: ``which`` is a run id, or ``last`` for the most recent benchbio
+    run (in ``experiment`` if given) that did not finish and is not alive elsewhere."""
+    from .checkpoint import CHECKPOINT_TAG, is_locked
+
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    uri = mlflow.get_tracking_uri()
+    if which != "last":
+        try:
+            run = client.get_run(which)
+        except Exception:
+            raise BenchbioError(
+                f"no run {which!r} in the tracking store {uri}; give a run id from "
+                "`benchbio ui` (or MLFLOW_TRACKING_URI of the store it is in), or --resume last"
+            ) from None
+        if CHECKPOINT_TAG not in run.data.tags:
+            raise BenchbioError(f"run {which} has no checkpoint folder (it was not started by "
+                                "this version of `benchbio run`); it cannot be resumed")
+        if run.info.status == "FINISHED":
+            raise BenchbioError(f"run {which} already finished; start a new run instead")
+        return run
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise BenchbioError(f"no experiment {experiment!r} in the tracking store {uri}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    runs = _unfinished_runs(client, ids)
+    for run in runs:
+        folder = run.data.tags.get(CHECKPOINT_TAG)
+        if folder and not is_locked(Path(folder)):
+            return run
+    raise BenchbioError(
+        f"no unfinished benchbio run to resume in the tracking store {uri}"
+        + (f" (experiment {experiment!r})" if experiment else "")
+        + "; start one with `benchbio run`"
+    )
+
+
+def _unfinished_runs(client: Any, experiment_ids: list[str]) -> list[Any]:
+    """RUNNING, KILLED and FAILED runs, newest first."""
+    runs = []
+    for status in UNFINISHED:
+        runs += client.search_runs(experiment_ids, filter_string=f"attributes.status = '{status}'",
+                                   max_results=1000)
+    return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+
+def logged_steps(run_id: str) -> set[tuple[str, int]]:
+    """``(key, step)`` of every metric value the run already has (to log no duplicate)."""
+    client = _mlflow().MlflowClient()
+    run = client.get_run(run_id)
+    return {(key, m.step) for key in run.data.metrics
+            for m in client.get_metric_history(run_id, key)}

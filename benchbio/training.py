@@ -8,13 +8,15 @@ the dataset's metrics, and log all of it to one MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,23 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoint import (
+    CHECKPOINT_TAG,
+    LAST,
+    RUN_CONFIG,
+    GracefulStop,
+    RunInterrupted,
+    check_writable,
+    checkpoint_folder,
+    load_checkpoint,
+    rng_state,
+    run_lock,
+    save_atomic,
+    set_rng_state,
+    write_json_atomic,
+)
 from .data import InstanceDataset, Sample
-from .errors import BenchbioError
+from .errors import BenchbioError, DataError
 from .instances import crop_instances, is_stack, relabel
 from .method import Method
 from .registry import DATASETS, METHODS
@@ -40,6 +57,10 @@ __all__ = [
     "predict_samples",
     "evaluate_samples",
     "train",
+    "make_scheduler",
+    "LR_SCHEDULES",
+    "preflight",
+    "resume_config",
     "run",
 ]
 
@@ -53,6 +74,7 @@ class RunConfig:
     epochs: int = 100
     batch_size: int = 4
     lr: float = 1e-4
+    lr_schedule: str = "constant"
     crop_size: int = 448
     scale: tuple[float, float] = (0.8, 1.25)
     seed: int = 0
@@ -75,6 +97,7 @@ class RunResult:
     best_val: float
     best_epoch: int
     seconds: float
+    checkpoint: Path | None = None  # the best validation checkpoint
 
 
 # ---------------------------------------------------------------------------- device
@@ -250,46 +273,90 @@ def evaluate_samples(
 
 
 # ---------------------------------------------------------------------------- training
-def _checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, schedule: str, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule, stepped after every batch: ``constant`` (the paper's
+    Adam), ``cosine`` (annealed to 0 over the run) or ``onecycle`` (warm-up to ``--lr``
+    over 30% of the steps, then annealed)."""
+    total_steps = max(1, total_steps)
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if schedule == "onecycle":
+        lr = opt.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
+    raise BenchbioError(f"unknown --lr-schedule {schedule!r}; use {', '.join(LR_SCHEDULES)}")
+
+
+@dataclass
+class _Progress:
+    """Where training stands: the next (epoch, batch) to run and what is known so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    order: list[int] | None = None  # this epoch's shuffled indices once drawn
+    losses: list[float] = field(default_factory=list)  # this epoch's batch losses
+    best_val: float = -math.inf
+    best_epoch: int = -1
+    best_file: str | None = None
+    metrics: list[tuple[str, float, int]] = field(default_factory=list)  # all logged
+    elapsed: float = 0.0  # seconds spent by earlier attempts
+
+
+def _best_name(epoch: int) -> str:
+    return f"best-epoch{epoch:04d}.pt"
 
 
 def train(
     config: RunConfig, method: Method, dataset: InstanceDataset, workdir: Path,
-    log_metric=None,
+    log_metric=None, *, checkpoints: Path | None = None, resume: bool = False,
+    stop: GracefulStop | None = None, samples: dict[str, list[Sample]] | None = None,
 ) -> RunResult:
     """Fit, train, select the best epoch on validation, score the test split.
 
-    ``log_metric(key, value, step)`` receives every figure (MLflow during a run).
-    Writes ``best.pt`` into ``workdir``.
+    ``log_metric(key, value, step)`` receives every figure (MLflow during a run); an
+    epoch's figures are logged after its checkpoint is saved, and replayed on resume.
+    ``checkpoints`` (default ``workdir``) receives ``last.pt`` after every epoch and
+    ``best-epochNNNN.pt``; with ``resume`` training continues from ``last.pt`` there,
+    bit for bit on CPU. When ``stop`` has caught a signal, the loop saves ``last.pt`` at
+    the next batch boundary and raises :class:`RunInterrupted`. ``samples`` are the
+    train and val splits already loaded by :func:`preflight`. ``workdir`` receives the
+    test overlay and, for compatibility, a copy of the best checkpoint as ``best.pt``.
     """
     log = log_metric or (lambda *_: None)
     start = time.time()
+    checkpoints = Path(checkpoints or workdir)
+    checkpoints.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    train_samples = list(dataset.split("train"))
-    val_samples = list(dataset.split("val"))
+    samples = samples or {}
+    train_samples = samples.get("train") or list(dataset.split("train"))
+    val_samples = samples.get("val") or list(dataset.split("val"))
     test_samples = dataset.split("test")
     min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
-    method.fit(train_samples, seed=config.seed, log=log)
+    state = None
+    if resume and (checkpoints / LAST).is_file():
+        state = load_checkpoint(checkpoints / LAST)
+        method.load_state(state["method_state"])
+    else:
+        method.fit(train_samples, seed=config.seed, log=log)
     model = method.build_model(dataset.in_channels).to(device)
     d = _divisor(model)
     crop = int(math.ceil(config.crop_size / d) * d)
-    loader_gen = torch.Generator().manual_seed(config.seed)
     crops = CropDataset(train_samples, method, crop, config.scale, config.seed, dataset.fg_at_test)
-    loader = DataLoader(
-        crops, batch_size=min(config.batch_size, len(crops)), shuffle=True, drop_last=True,
-        num_workers=config.workers, generator=loader_gen,
-        persistent_workers=False,
-    )
+    batch_size = min(config.batch_size, len(crops))
+    steps_per_epoch = len(crops) // batch_size
+    order_gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = make_scheduler(opt, config.lr_schedule, config.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
-    best_val, best_epoch = -math.inf, -1
-    best_path = workdir / "best.pt"
     payload_base = {
         "method": config.method,
         "method_options": method.options(),
@@ -300,11 +367,46 @@ def train(
         "fg_at_test": dataset.fg_at_test,
         "config": dataclasses.asdict(config),
     }
-    epochs = tqdm(range(config.epochs), desc="train", disable=None)
-    for epoch in epochs:
+    progress = _Progress()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        order_gen.set_state(state["order_generator"])
+        progress = _Progress(**state["progress"])
+        set_rng_state(state["rng"])
+        for key, value, step in progress.metrics:  # figures the crash may have lost
+            log(key, value, step)
+
+    def save_last() -> None:
+        save_atomic(checkpoints / LAST, {
+            **payload_base, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "order_generator": order_gen.get_state(), "rng": rng_state(),
+            "method_state": method.state(),
+            "progress": {**dataclasses.asdict(progress),
+                         "elapsed": progress.elapsed + time.time() - start},
+        })
+
+    def interrupted() -> RunInterrupted:
+        return RunInterrupted(
+            f"stopped by {stop.name} at epoch {progress.epoch}, batch {progress.batch}; "
+            f"checkpoint saved in {checkpoints}", stop.signum)
+
+    bar = tqdm(total=config.epochs, initial=progress.epoch, desc="train", disable=None)
+    while progress.epoch < config.epochs:
+        epoch = progress.epoch
         crops.epoch = epoch
+        if progress.order is None:
+            progress.order = torch.randperm(len(crops), generator=order_gen).tolist()
+        batches = [progress.order[i * batch_size:(i + 1) * batch_size]
+                   for i in range(steps_per_epoch)]
+        loader = DataLoader(  # worker seeds from (seed, epoch): the same after a resume
+            crops, batch_sampler=batches[progress.batch:], num_workers=config.workers,
+            generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch),
+        )
         model.train()
-        losses = []
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             image = batch.pop("image")
@@ -314,40 +416,60 @@ def train(
             loss = method.loss(output.float(), batch)
             if not torch.isfinite(loss):
                 raise BenchbioError(
-                    f"the loss became {loss.item()} at epoch {epoch}; lower the learning rate "
-                    f"(now {config.lr}) or check the data"
+                    f"the loss became {loss.item()} at epoch {epoch}, batch {progress.batch}; "
+                    f"lower the learning rate (now {config.lr}) or check the data (the "
+                    f"checkpoint of the last complete epoch is kept in {checkpoints})"
                 )
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            losses.append(loss.item())
-        train_loss = float(np.mean(losses)) if losses else float("nan")
-        log("train_loss", train_loss, epoch)
-        last = epoch == config.epochs - 1
-        if (epoch + 1) % config.val_every == 0 or last:
+            scheduler.step()
+            progress.losses.append(loss.item())
+            progress.batch += 1
+            if stop is not None and stop.signum and progress.batch < steps_per_epoch:
+                save_last()
+                raise interrupted()
+        figures = {"train_loss": float(np.mean(progress.losses)) if progress.losses
+                   else float("nan"), "lr": float(opt.param_groups[0]["lr"])}
+        if (epoch + 1) % config.val_every == 0 or epoch == config.epochs - 1:
             preds = predict_samples(method, model, val_samples, device,
                                     fg_at_test=dataset.fg_at_test, min_area=min_area, desc="val")
             val = evaluate_samples(preds, val_samples, [_metric_of(dataset.val_metric)],
                                    dataset.eval_tile).mean
+            figures.update({f"val_{key}": float(value) for key, value in val.items()})
             score = float(val[dataset.val_metric])
-            for key, value in val.items():
-                log(f"val_{key}", float(value), epoch)
-            if score > best_val:
-                best_val, best_epoch = score, epoch
-                _checkpoint(best_path, {**payload_base, "model": model.state_dict(),
-                                        "method_state": method.state(), "epoch": epoch,
-                                        "val": {dataset.val_metric: score}})
-            epochs.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.3f}")
-    state = torch.load(best_path, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
+            if score > progress.best_val:
+                progress.best_val, progress.best_epoch = score, epoch
+                progress.best_file = _best_name(epoch)
+                save_atomic(checkpoints / progress.best_file, {
+                    **payload_base, "model": model.state_dict(), "method_state": method.state(),
+                    "epoch": epoch, "val": {dataset.val_metric: score}})
+        progress.metrics += [(key, value, epoch) for key, value in figures.items()]
+        progress.epoch, progress.batch, progress.order, progress.losses = epoch + 1, 0, None, []
+        save_last()  # then the figures: a crash in between is repaired by the replay
+        for stale in checkpoints.glob("best-epoch*.pt"):
+            if stale.name != progress.best_file:
+                stale.unlink()
+        for key, value in figures.items():
+            log(key, value, epoch)
+        bar.update(1)
+        bar.set_postfix(loss=f"{figures['train_loss']:.4f}")
+        if stop is not None and stop.signum and progress.epoch < config.epochs:
+            raise interrupted()
+    bar.close()
+    best_path = checkpoints / str(progress.best_file)
+    shutil.copyfile(best_path, workdir / "best.pt")
+    best = load_checkpoint(best_path, map_location=device)
+    model.load_state_dict(best["model"])
     preds = predict_samples(method, model, test_samples, device, fg_at_test=dataset.fg_at_test,
                             min_area=min_area, desc="test")
     result = evaluate_samples(preds, test_samples, dataset.metrics, dataset.eval_tile)
     for key, value in result.mean.items():
-        log(f"test_{key}", float(value), best_epoch)
+        log(f"test_{key}", float(value), progress.best_epoch)
     _overview(test_samples, preds, workdir / "test_overlay.png")
-    return RunResult(None, dict(result.mean), dict(result.per_image), best_val, best_epoch,
-                     time.time() - start)
+    return RunResult(None, dict(result.mean), dict(result.per_image), progress.best_val,
+                     progress.best_epoch, progress.elapsed + time.time() - start,
+                     checkpoint=best_path)
 
 
 def _metric_of(key: str) -> str:
@@ -382,70 +504,228 @@ def build(config: RunConfig) -> tuple[Method, InstanceDataset]:
     return method, dataset
 
 
-def preflight(config: RunConfig, dataset: InstanceDataset) -> None:
-    """Check, before any training, what can fail later: device, splits, one sample each."""
+def check_options(config: RunConfig) -> None:
+    """One-line errors for harness options that cannot work."""
+    checks = [
+        (config.epochs >= 1, "--epochs must be at least 1"),
+        (config.batch_size >= 1, "--batch-size must be at least 1"),
+        (config.crop_size >= 1, "--crop-size must be at least 1"),
+        (config.val_every >= 1, "--val-every must be at least 1"),
+        (config.workers >= 0, "--workers must be 0 or more"),
+        (math.isfinite(config.lr) and config.lr > 0, "--lr must be a positive number"),
+        (config.lr_schedule in LR_SCHEDULES,
+         f"unknown --lr-schedule {config.lr_schedule!r}; use {', '.join(LR_SCHEDULES)}"),
+        (len(config.scale) == 2 and 0 < config.scale[0] <= config.scale[1],
+         "scale must be (low, high) with 0 < low <= high"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise BenchbioError(message)
+
+
+def preflight(config: RunConfig, dataset: InstanceDataset) -> dict[str, list[Sample]]:
+    """Check, before any training, what could fail later: the options, the device and
+    every sample of every split (readable, paired, same size as its mask, finite pixels,
+    the dataset's channel count). Returns the train and val splits, loaded."""
+    check_options(config)
     resolve_device(config.device)
+    loaded: dict[str, list[Sample]] = {}
     for split in ("train", "val", "test"):
         samples = dataset.split(split)
-        samples[0]
-    if config.epochs < 1:
-        raise BenchbioError("--epochs must be at least 1")
-    if config.batch_size < 1:
-        raise BenchbioError("--batch-size must be at least 1")
+        kept = []
+        for sample in tqdm(samples, desc=f"check {split}", leave=False, disable=None):
+            _check_sample(sample, split, dataset.in_channels)
+            if split != "test":
+                kept.append(sample)
+        if split != "test":
+            loaded[split] = kept
+    return loaded
+
+
+def _check_sample(sample: Sample, split: str, in_channels: int) -> None:
+    if sample.image.shape[0] != in_channels:
+        raise DataError(
+            f"{split} image {sample.name} has {sample.image.shape[0]} channels but the "
+            f"dataset's images have {in_channels}; convert it (all grey or all RGB)"
+        )
+    if not np.isfinite(sample.image).all():
+        raise DataError(f"{split} image {sample.name} has NaN or infinite pixels; fix or "
+                        "remove it")
+
+
+def _resolved(config: RunConfig, method: Method, dataset: InstanceDataset) -> dict[str, Any]:
+    """The configuration as logged: harness options and every resolved plugin option."""
+    return {
+        **{k: v for k, v in dataclasses.asdict(config).items()
+           if k not in ("method_options", "dataset_options")},
+        "method_options": method.options(),
+        "dataset_options": dataset.options,
+    }
+
+
+#: Options that may differ when a run is resumed: where and how fast it runs, not what
+#: it computes (a CPU run resumed on a GPU is no longer bit-exact, but it is the same run).
+RESUME_MAY_CHANGE = ("workers", "device", "data_dir")
+
+
+def _check_same_config(run_id: str, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    from .tracking import flatten
+
+    old, new = flatten(saved), flatten(now)
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k))
+    if changed:
+        what = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed[:3])
+        raise BenchbioError(
+            f"cannot resume run {run_id} with a different configuration ({what}"
+            f"{', ...' if len(changed) > 3 else ''}); resume with the same options (only "
+            f"{', '.join(RESUME_MAY_CHANGE)} may change) or start a new run"
+        )
+
+
+def resume_config(which: str, experiment: str | None = None) -> tuple[RunConfig, str]:
+    """The configuration and id of the run ``which`` (a run id or ``last``) to resume."""
+    from .tracking import check_tracking_store, find_run
+
+    check_tracking_store()
+    prior = find_run(which, experiment)
+    folder = Path(prior.data.tags[CHECKPOINT_TAG])
+    try:
+        saved = json.loads((folder / RUN_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchbioError(
+            f"cannot read the configuration of run {prior.info.run_id} in {folder} "
+            f"({exc.strerror if isinstance(exc, OSError) else exc}); was the checkpoint "
+            "folder moved or deleted?"
+        ) from None
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    config = RunConfig(**{k: v for k, v in saved["config"].items() if k in fields})
+    config.scale = tuple(config.scale)
+    return config, prior.info.run_id
 
 
 def run(
-    config: RunConfig, track: bool = True, tags: dict[str, str] | None = None
+    config: RunConfig, track: bool = True, tags: dict[str, str] | None = None,
+    resume: str | None = None, *, checkpoint_dir: str | os.PathLike | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train and evaluate as one MLflow run (or untracked with ``track=False``).
 
     ``tags`` are added to the run's own (e.g. a sweep's study name and config hash).
+    ``resume`` (a run id, or ``last``) continues that unfinished run from its
+    checkpoint, in the same MLflow run, with the same configuration. ``checkpoint_dir``
+    overrides where checkpoints go (see :mod:`benchbio.checkpoint`). ``on_start``
+    receives the run id once the MLflow run exists. SIGINT, SIGTERM and SIGUSR2 save a
+    checkpoint at the next batch and end the run KILLED (:class:`RunInterrupted`).
     """
     method, dataset = build(config)
-    preflight(config, dataset)
-    with tempfile.TemporaryDirectory(prefix="benchbio-") as tmp:
-        workdir = Path(tmp)
-        if not track:
-            return train(config, method, dataset, workdir)
-        import mlflow
+    check_options(config)
+    resolve_device(config.device)
+    if not track:
+        if resume:
+            raise BenchbioError("--resume continues a tracked run; drop --no-track")
+        samples = preflight(config, dataset)
+        with tempfile.TemporaryDirectory(prefix="benchbio-") as tmp:
+            return train(config, method, dataset, Path(tmp), samples=samples)
+    import mlflow
 
-        from .tracking import check_tracking_store, flatten, git_commit, tracked_run
+    from .tracking import (
+        check_store_writable,
+        check_tracking_store,
+        find_run,
+        flatten,
+        git_commit,
+        logged_steps,
+        retrying,
+        tracked_run,
+    )
 
-        check_tracking_store()
-        device = resolve_device(config.device)
-        tags = {
-            "method": config.method,
-            "dataset": config.dataset,
-            "seed": str(config.seed),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "git_commit": git_commit(),
-            **(tags or {}),
-        }
+    check_tracking_store()
+    resolved = _resolved(config, method, dataset)
+    prior = find_run(resume, config.experiment) if resume else None
+    if prior is not None:
+        experiment = mlflow.MlflowClient().get_experiment(prior.info.experiment_id).name
+        folder: Path | None = Path(prior.data.tags[CHECKPOINT_TAG])
+        if not (folder / RUN_CONFIG).is_file():
+            raise BenchbioError(f"the checkpoint folder {folder} of run {prior.info.run_id} "
+                                "is gone; the run cannot be resumed, start a new one")
+        saved = json.loads((folder / RUN_CONFIG).read_text())
+        _check_same_config(prior.info.run_id, saved["resolved"], json.loads(
+            json.dumps(resolved, default=str)))
+        check_writable(folder, "checkpoint folder", "fix its permissions")
+    else:
         experiment = config.experiment or dataset.name
-        resolved = {
-            **{k: v for k, v in dataclasses.asdict(config).items()
-               if k not in ("method_options", "dataset_options")},
-            "method_options": method.options(),
-            "dataset_options": dataset.options,
-        }
-        with tracked_run(experiment, f"{config.method}-{config.dataset}-s{config.seed}",
-                         tags) as active:
-            mlflow.log_params(flatten(resolved))
-            (workdir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
-            mlflow.log_artifact(str(workdir / "config.json"))
+        folder = None
+        root = checkpoint_dir or os.environ.get("BENCHBIO_CHECKPOINT_DIR")
+        if root:
+            check_writable(Path(root).expanduser(), "checkpoint folder",
+                           "pass a writable --checkpoint-dir")
+    check_store_writable(experiment)
+    samples = preflight(config, dataset)
+    device = resolve_device(config.device)
+    base_tags = {
+        "method": config.method,
+        "dataset": config.dataset,
+        "seed": str(config.seed),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "git_commit": git_commit(),
+    }
+    if prior is None:
+        tags = {**base_tags, **(tags or {})}
+    else:
+        tags = {**(tags or {}), "resumes": str(int(prior.data.tags.get("resumes", "0")) + 1),
+                "resumed_git_commit": base_tags["git_commit"],
+                "resumed_device": base_tags["device"]}
+        if "failure_reason" in prior.data.tags:
+            tags["previous_failure_reason"] = prior.data.tags["failure_reason"][:5000]
+    with contextlib.ExitStack() as stack:
+        if folder is not None:  # refuse a run that is alive elsewhere before touching it
+            stack.enter_context(run_lock(folder, prior.info.run_id))
+        stop = stack.enter_context(GracefulStop())
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="benchbio-")))
+        try:
+            with tracked_run(experiment, f"{config.method}-{config.dataset}-s{config.seed}",
+                             tags, run_id=prior.info.run_id if prior else None) as active:
+                run_id = active.info.run_id
+                if folder is None:
+                    folder = checkpoint_folder(run_id, active.info.artifact_uri, checkpoint_dir)
+                    check_writable(folder, "checkpoint folder",
+                                   "pass a writable --checkpoint-dir")
+                    stack.enter_context(run_lock(folder, run_id))
+                    write_json_atomic(folder / RUN_CONFIG, {
+                        "run_id": run_id, "config": dataclasses.asdict(config),
+                        "resolved": json.loads(json.dumps(resolved, default=str))})
+                    retrying(mlflow.set_tag)(CHECKPOINT_TAG, str(folder))
+                    retrying(mlflow.log_params)(flatten(resolved))
+                    (workdir / "config.json").write_text(
+                        json.dumps(resolved, indent=2, default=str))
+                    retrying(mlflow.log_artifact)(str(workdir / "config.json"))
+                if on_start is not None:
+                    on_start(run_id)
+                done = logged_steps(run_id) if prior is not None else set()
+                log_one = retrying(mlflow.log_metric)
 
-            def log_metric(key: str, value: float, step: int) -> None:
-                mlflow.log_metric(key, value, step=step)
+                def log_metric(key: str, value: float, step: int) -> None:
+                    if (key, step) not in done:  # a resumed run logs each step once
+                        log_one(key, value, step=step)
+                        done.add((key, step))
 
-            result = train(config, method, dataset, workdir, log_metric)
-            mlflow.log_metric("best_epoch", result.best_epoch)
-            mlflow.log_metric("run_seconds", result.seconds)
-            mlflow.log_artifact(str(workdir / "best.pt"), "checkpoint")
-            for path in method.write_artifacts(workdir / "method"):
-                mlflow.log_artifact(str(path), "method")
-            if (workdir / "test_overlay.png").exists():
-                mlflow.log_artifact(str(workdir / "test_overlay.png"))
-            (workdir / "test_per_image.json").write_text(json.dumps(result.per_image, indent=2))
-            mlflow.log_artifact(str(workdir / "test_per_image.json"))
-            result.run_id = active.info.run_id
-        return result
+                result = train(config, method, dataset, workdir, log_metric, checkpoints=folder,
+                               resume=prior is not None, stop=stop, samples=samples)
+                log_metric("best_epoch", result.best_epoch, 0)
+                log_metric("run_seconds", result.seconds, 0)
+                log_artifact = retrying(mlflow.log_artifact)
+                log_artifact(str(workdir / "best.pt"), "checkpoint")
+                for path in method.write_artifacts(workdir / "method"):
+                    log_artifact(str(path), "method")
+                if (workdir / "test_overlay.png").exists():
+                    log_artifact(str(workdir / "test_overlay.png"))
+                (workdir / "test_per_image.json").write_text(
+                    json.dumps(result.per_image, indent=2))
+                log_artifact(str(workdir / "test_per_image.json"))
+                result.run_id = run_id
+        except RunInterrupted as exc:
+            stop.chain()  # e.g. submitit's handler: requeue the pre-empted SLURM job
+            raise RunInterrupted(f"{exc}; continue with `benchbio run --resume {run_id}`",
+                                 exc.signum) from None
+    return result
