@@ -20,7 +20,7 @@ class BenchbioGroup(click.Group):
             return super().invoke(ctx)
         except BenchbioError as exc:
             click.echo(f"benchbio: error: {exc}", err=True)
-            ctx.exit(2)
+            ctx.exit(getattr(exc, "exit_code", 2))  # 128 + signal for an interrupted run
 
 
 @click.group(cls=BenchbioGroup, context_settings={"help_option_names": ["-h", "--help"]})

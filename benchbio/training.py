@@ -407,6 +407,7 @@ def train(
             generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch),
         )
         model.train()
+        batch_lr = float(opt.param_groups[0]["lr"])
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             image = batch.pop("image")
@@ -423,6 +424,7 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            batch_lr = float(opt.param_groups[0]["lr"])
             scheduler.step()
             progress.losses.append(loss.item())
             progress.batch += 1
@@ -430,7 +432,7 @@ def train(
                 save_last()
                 raise interrupted()
         figures = {"train_loss": float(np.mean(progress.losses)) if progress.losses
-                   else float("nan"), "lr": float(opt.param_groups[0]["lr"])}
+                   else float("nan"), "lr": batch_lr}  # the rate of its last batch
         if (epoch + 1) % config.val_every == 0 or epoch == config.epochs - 1:
             preds = predict_samples(method, model, val_samples, device,
                                     fg_at_test=dataset.fg_at_test, min_area=min_area, desc="val")

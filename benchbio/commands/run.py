@@ -19,12 +19,24 @@ def parse_assignments(pairs: tuple[str, ...], what: str) -> dict:
     return out
 
 
+#: CLI parameter -> RunConfig field, for the options a resumed run may be given again.
+_FIELDS = {"method": "method", "dataset": "dataset", "epochs": "epochs",
+           "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule",
+           "crop_size": "crop_size", "seed": "seed", "device": "device", "data_dir": "data_dir",
+           "experiment": "experiment", "val_every": "val_every", "workers": "workers"}
+
+
 @click.command("run")
-@click.option("--method", "-m", required=True, help="Method plugin (see `benchbio list methods`).")
-@click.option("--dataset", "-d", required=True, help="Dataset plugin (`benchbio list datasets`).")
+@click.option("--method", "-m", default=None,
+              help="Method plugin (see `benchbio list methods`); required unless --resume.")
+@click.option("--dataset", "-d", default=None,
+              help="Dataset plugin (`benchbio list datasets`); required unless --resume.")
 @click.option("--epochs", type=int, default=100, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--lr-schedule", default="constant", show_default=True,
+              type=click.Choice(["constant", "cosine", "onecycle"]),
+              help="Learning rate over the run, stepped every batch.")
 @click.option("--crop-size", type=int, default=448, show_default=True,
               help="Training crop (rounded up to the network's divisor).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -39,24 +51,54 @@ def parse_assignments(pairs: tuple[str, ...], what: str) -> dict:
               help="Method option, e.g. --set n_guides=12 (repeatable).")
 @click.option("--data-opt", "data_sets", multiple=True, metavar="KEY=VALUE",
               help="Dataset option, e.g. --data-opt sequence=A2 (repeatable).")
+@click.option("--resume", metavar="RUN_ID|last", default=None,
+              help="Continue an interrupted run from its last checkpoint, in the same MLflow "
+                   "run (`last`: the newest unfinished one). Options default to the run's.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              envvar="BENCHBIO_CHECKPOINT_DIR", show_envvar=True,
+              help="Keep checkpoints in DIR/<run id>/ (default: beside the run's local "
+                   "artifacts, else a per-user data folder).")
 @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
-def command(method, dataset, epochs, batch_size, lr, crop_size, seed, device, data_dir,
-            experiment, val_every, workers, method_sets, data_sets, no_track) -> None:
-    """Train METHOD on DATASET, keep the best validation checkpoint, score the test split."""
+@click.pass_context
+def command(ctx, method, dataset, epochs, batch_size, lr, lr_schedule, crop_size, seed, device,
+            data_dir, experiment, val_every, workers, method_sets, data_sets, resume,
+            checkpoint_dir, no_track) -> None:
+    """Train METHOD on DATASET, keep the best validation checkpoint, score the test split.
+
+    A checkpoint is saved after every epoch; SIGINT/SIGTERM save one at the next batch
+    and end the run KILLED (exit 130/143); `--resume RUN_ID` continues it.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    from ..training import RunConfig, run
+    from ..training import RunConfig, resume_config, run
 
-    config = RunConfig(
-        method=method, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-        crop_size=crop_size, seed=seed, device=device, data_dir=data_dir,
-        experiment=experiment, val_every=val_every, workers=workers,
-        method_options=parse_assignments(method_sets, "--set"),
-        dataset_options=parse_assignments(data_sets, "--data-opt"),
-    )
-    result = run(config, track=not no_track)
-    table = Table(title=f"{method} on {dataset} (test split, best epoch {result.best_epoch})")
+    given = {name for name in _FIELDS
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if resume:
+        config, resume = resume_config(resume, experiment)
+        for name in given:
+            setattr(config, _FIELDS[name], ctx.params[name])
+        if method_sets:
+            config.method_options = {**config.method_options,
+                                     **parse_assignments(method_sets, "--set")}
+        if data_sets:
+            config.dataset_options = {**config.dataset_options,
+                                      **parse_assignments(data_sets, "--data-opt")}
+    else:
+        if not method or not dataset:
+            raise BenchbioError("--method and --dataset are required (or --resume RUN_ID to "
+                                "continue a run); see `benchbio list`")
+        config = RunConfig(
+            method=method, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+            lr_schedule=lr_schedule, crop_size=crop_size, seed=seed, device=device,
+            data_dir=data_dir, experiment=experiment, val_every=val_every, workers=workers,
+            method_options=parse_assignments(method_sets, "--set"),
+            dataset_options=parse_assignments(data_sets, "--data-opt"),
+        )
+    result = run(config, track=not no_track, resume=resume, checkpoint_dir=checkpoint_dir)
+    table = Table(title=f"{config.method} on {config.dataset} "
+                        f"(test split, best epoch {result.best_epoch})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.test.items():
