@@ -128,7 +128,10 @@ def _names(path: Path, study: dict, key: str, registry) -> list[str]:
         raise _fail(path, f"[study] {key} must be a non-empty list of names "
                           f"(see `benchbio list {key}`)")
     for name in value:
-        registry.get(name)  # unknown names: one line listing the registered ones
+        try:
+            registry.get(name)
+        except BenchbioError as exc:  # one line listing the registered names
+            raise _fail(path, f"[study] {key}: {exc}") from None
     if len(set(value)) != len(value):
         raise _fail(path, f"[study] {key} lists a name twice")
     return list(value)
@@ -335,7 +338,11 @@ def plan_cells(spec: Spec) -> list[Cell]:
                     dataset_options={**spec.dataset_options, **per_d["options"]},
                     **run_opts,
                 )
-                cells.append(Cell(spec.name, config, config_hash(config)))
+                try:
+                    digest = config_hash(config)
+                except BenchbioError as exc:  # an option the plugin does not have
+                    raise _fail(spec.path, str(exc)) from None
+                cells.append(Cell(spec.name, config, digest))
     return cells
 
 
@@ -540,7 +547,11 @@ def make_executor(options: ExecutorOptions) -> tuple[Any, list[dict[str, Any]]]:
                               for g in range(options.gpus)]
         return executor, [{"gpus_per_node": 0} for _ in range(max(1, options.jobs))]
     if options.kind == "slurm":
-        executor = submitit.AutoExecutor(folder, cluster="slurm")
+        try:
+            executor = submitit.AutoExecutor(folder, cluster="slurm")
+        except RuntimeError as exc:  # submitit: no srun on this machine
+            raise BenchbioError(f"--executor slurm: {exc} Run the sweep on a login node.") \
+                from None
         params: dict[str, Any] = {
             "timeout_min": options.time_min, "gpus_per_node": options.gpus_per_job,
             "tasks_per_node": 1, "nodes": 1,
