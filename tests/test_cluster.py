@@ -65,3 +65,34 @@ def test_embeddings_to_labels_background_and_min_area():
 def test_remove_small_relabels():
     labels = np.array([[1, 1, 2], [3, 3, 3]])
     assert remove_small(labels, 3).tolist() == [[0, 0, 0], [1, 1, 1]]
+
+
+def test_gaussian_kernel_recovers_clusters_and_agrees_with_sklearn():
+    points, truth = _blobs(n=2000, spread=0.05)
+    labels, modes = mean_shift(points, 0.5, kernel="gaussian")
+    assert adjusted_rand_score(truth, labels) == 1.0 and len(modes) == 8
+    ref, _ = mean_shift_sklearn(points, 0.5)
+    assert adjusted_rand_score(ref, labels) == 1.0
+
+
+def test_subsampled_mean_shift_recovers_clusters_whatever_the_seed():
+    # 20,000 points, shifted on a 1,024-point subsample: the partition is that of the truth
+    points, truth = _blobs(n_clusters=12, n=20000, spread=0.08, seed=4)
+    for seed in (0, 1):
+        labels, _ = mean_shift(points, 0.5, max_points=1024, seed=seed)
+        assert adjusted_rand_score(truth, labels) == 1.0
+
+
+def test_min_support_drops_modes_of_few_points():
+    rng = np.random.default_rng(5)
+    big = rng.normal(0, 0.02, (500, 3))
+    few = np.array([3.0, 0, 0]) + rng.normal(0, 0.02, (5, 3))
+    labels, modes = mean_shift(np.vstack([big, few]), 0.5)
+    assert len(modes) == 2
+    labels, modes = mean_shift(np.vstack([big, few]), 0.5, min_support=10)
+    assert len(modes) == 1 and (labels == 0).all()  # the few points join the big mode
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="kernel"):
+        mean_shift(np.zeros((3, 2)), 0.5, kernel="epanechnikov")
