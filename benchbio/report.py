@@ -89,6 +89,7 @@ class StudyTable:
     missing: list[str] = field(default_factory=list)
     source: str = ""
     description: str = ""
+    reproduce: str = ""
 
     def has_reference(self, dataset: str, key: str) -> bool:
         return any(key in r.reference for r in self.rows[dataset])
@@ -111,7 +112,7 @@ def build_table(
     runs: Iterable[Any], *, title: str, metrics: Sequence[str] | None = None,
     references: Sequence[Reference] = (), reference_source: str = "",
     methods: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
-    missing: Sequence[str] = (), source: str = "", description: str = "",
+    missing: Sequence[str] = (), source: str = "", description: str = "", reproduce: str = "",
 ) -> StudyTable:
     """Group finished MLflow runs by (dataset, method) into rows with reference figures.
 
@@ -159,6 +160,7 @@ def build_table(
         commits=sorted({r.data.tags.get("git_commit", "unknown") for r in runs}),
         devices=sorted({r.data.tags.get("device", "unknown") for r in runs}),
         n_runs=len(runs), missing=list(missing), source=source, description=description,
+        reproduce=reproduce,
     )
 
 
@@ -195,6 +197,8 @@ def _provenance(table: StudyTable) -> list[str]:
     if table.missing:
         lines.append(f"No finished run yet for {len(table.missing)} cell(s): "
                      f"{'; '.join(table.missing)}.")
+    if table.reproduce:
+        lines.append(f"Reproduce: `{table.reproduce}`.")
     return lines
 
 
@@ -221,8 +225,9 @@ def to_markdown(table: StudyTable) -> str:
             cells.append(f"{np.mean(r.seconds) / 60:.1f}" if r.seconds else "–")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    out += _provenance(table)
-    return "\n".join(out) + "\n"
+    for line in _provenance(table):
+        out += [line, ""]
+    return "\n".join(out)
 
 
 def to_csv(table: StudyTable) -> str:
@@ -240,7 +245,8 @@ def to_csv(table: StudyTable) -> str:
 
     for dataset, rows in table.rows.items():
         for r in rows:
-            line = [dataset, r.method, r.label, r.runs, " ".join(r.seeds)]
+            line = [dataset, r.method, r.label, r.runs,
+                    " ".join(sorted(r.seeds, key=lambda s: (len(s), s)))]
             for key in table.metrics:
                 line += [num(r.mean(key)), num(r.std(key)), int(key in r.best),
                          num(r.reference.get(key))]
@@ -297,38 +303,42 @@ def save_figure(table: StudyTable, path: Path) -> None:
     if not datasets or not table.metrics:
         raise BenchbioError("nothing to plot: no runs or reference figures with the chosen "
                             "metrics")
-    n_rows, n_cols = len(datasets), len(table.metrics)
+    panels = [(d, key) for d in datasets for key in table.metrics]
     n_methods = max(len(table.rows[d]) for d in datasets)
+    panel_w = max(3.0, 0.4 * n_methods + 1.2)
+    n_cols = max(1, min(len(panels), int(14 // panel_w)))
+    n_rows = math.ceil(len(panels) / n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
-                             figsize=(max(3.0, 0.45 * n_methods + 1.5) * n_cols, 3.8 * n_rows))
+                             figsize=(panel_w * n_cols, 3.6 * n_rows))
     colors = plt.get_cmap("tab10").colors
-    for i, dataset in enumerate(datasets):
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (dataset, key) in zip(axes.flat, panels):
         rows = table.rows[dataset]
         x = np.arange(len(rows))
-        for j, key in enumerate(table.metrics):
-            ax = axes[i][j]
-            means = [r.mean(key) if r.mean(key) is not None else np.nan for r in rows]
-            stds = [r.std(key) or 0.0 for r in rows]
-            ax.bar(x, means, yerr=stds, capsize=3, alpha=0.8,
-                   color=[colors[k % len(colors)] for k in range(len(rows))],
-                   edgecolor=["black" if key in r.best else "none" for r in rows],
-                   linewidth=1.5)
-            for k, r in enumerate(rows):
-                vals = r.values.get(key, [])
+        means = [r.mean(key) if r.mean(key) is not None else np.nan for r in rows]
+        stds = [r.std(key) or 0.0 for r in rows]
+        ax.bar(x, means, yerr=stds, capsize=3, alpha=0.8,
+               color=[colors[k % len(colors)] for k in range(len(rows))],
+               edgecolor=["black" if key in r.best else "none" for r in rows], linewidth=1.5)
+        for k, r in enumerate(rows):
+            vals = r.values.get(key, [])
+            if vals:
                 jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else [0.0]
-                if vals:
-                    ax.scatter(k + np.asarray(jitter), vals, s=12, color="black", zorder=3)
-            refs = [(k, r.reference[key]) for k, r in enumerate(rows) if key in r.reference]
-            if refs:
-                ax.scatter(*zip(*refs), marker="D", s=30, color="red", zorder=4,
-                           label="reference")
-                ax.legend(fontsize=7, loc="best")
-            where = f" — {dataset}" if n_rows > 1 or j == 0 else ""
-            ax.set_title(f"{key} {_arrow(key)}{where}", fontsize=10)
-            ax.set_xticks(x, [r.label for r in rows], rotation=35, ha="right", fontsize=8)
-            ax.axhline(0, color="grey", lw=0.5)
-            ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{table.title}: bars mean over seeds, whiskers std, dots seeds; "
+                ax.scatter(k + np.asarray(jitter), vals, s=12, color="black", zorder=3)
+        refs = [(k, r.reference[key]) for k, r in enumerate(rows) if key in r.reference]
+        if refs:
+            ax.scatter(*zip(*refs), marker="D", s=30, color="red", zorder=4, label="reference")
+            ax.legend(fontsize=7, loc="best")
+        ax.set_title(f"{key} {_arrow(key)}" + (f" — {dataset}" if len(datasets) > 1 else ""),
+                     fontsize=10)
+        names = [r.method if r.runs or r.in_study else r.label for r in rows]
+        ax.set_xticks(x, [n if len(n) <= 28 else n[:27] + "…" for n in names],
+                      rotation=40, ha="right", fontsize=8)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.grid(axis="y", alpha=0.3)
+    title = table.title + (f" ({datasets[0]})" if len(datasets) == 1 else "")
+    fig.suptitle(f"{title}: bars = mean over seeds, whiskers = std, dots = seeds, "
                  "black edge = best", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,11 +20,13 @@ def _latest_per_cell(runs: list) -> list:
     return out
 
 
-def _runs(experiment: str | None, study: str | None) -> list:
+def _runs(experiment: str | None, study: str | None, must_exist: bool = True) -> list:
     import mlflow
 
     if experiment:
         if mlflow.get_experiment_by_name(experiment) is None:
+            if not must_exist:
+                return []
             raise BenchbioError(f"no MLflow experiment {experiment!r} in "
                                 f"{mlflow.get_tracking_uri()}; check MLFLOW_TRACKING_URI")
         names = [experiment]
@@ -72,7 +74,7 @@ def command(spec, study, experiment, out_dir, metrics, title, overwrite) -> None
         cells = plan_cells(study_spec)
         wanted = {c.config_hash for c in cells}
         runs = [r for r in _latest_per_cell(_runs(experiment or study_spec.experiment,
-                                                  study_spec.name))
+                                                  study_spec.name, must_exist=False))
                 if r.data.tags.get("config_hash") in wanted]
         have = {r.data.tags.get("config_hash") for r in runs}
         table = build_table(
@@ -82,6 +84,7 @@ def command(spec, study, experiment, out_dir, metrics, title, overwrite) -> None
             missing=[c.name for c in cells if c.config_hash not in have],
             source=f"study `{study_spec.name}`, experiment `{study_spec.experiment}`, {uri}",
             description=study_spec.description,
+            reproduce=f"benchbio sweep {spec} && benchbio report {spec} --overwrite",
         )
         out_dir = out_dir or study_spec.path.parent
     else:
