@@ -29,7 +29,8 @@ from benchbio.methods.harmonic import Harmonic
 from benchbio.registry import METHODS
 from benchbio.training import make_scheduler
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.usefixtures("fast_store")]
 
 EPOCHS = 3
 #: 4 training images in batches of 2: two batches per epoch.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from ..errors import BenchbioError
@@ -73,6 +75,8 @@ def command(ctx, method, dataset, epochs, batch_size, lr, lr_schedule, crop_size
 
     from ..training import RunConfig, resume_config, run
 
+    # MLflow's INFO chatter ("Creating a new experiment") would bury benchbio's own lines.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     given = {name for name in _FIELDS
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if resume:
