@@ -64,11 +64,11 @@ def _loader(paths: dict[str, tuple[Path, Path]]):
     def load(name: str) -> Sample:
         image_path, mask_path = paths[name]
         image = to_chw(to_unit(read_image(image_path)), str(image_path))
-        labels = read_labels(mask_path)
-        if labels.size == 0 or labels.min() == labels.max():
+        sample = Sample(name=name, image=image, instances=read_labels(mask_path))
+        if sample.instances.size == 0 or sample.instances.min() == sample.instances.max():
             raise DataError(f"folder dataset: mask {mask_path} has no instance (every pixel "
                             "is background); fix the mask or remove the image and its mask")
-        return Sample(name=name, image=image, instances=labels)
+        return sample
 
     return load
 
