@@ -52,6 +52,7 @@ __all__ = [
     "existing_runs",
     "pending_cells",
     "check_shared_store",
+    "resumable_run",
     "make_executor",
     "run_cells",
 ]
@@ -61,9 +62,11 @@ __all__ = [
 #: ran on is a tag, and the report lists it).
 NOT_HASHED = ("experiment", "workers", "data_dir", "device")
 
-#: Harness options a spec's ``[run]`` tables may set (``benchbio run``'s flags).
-RUN_KEYS = ("epochs", "batch_size", "lr", "crop_size", "scale", "device", "data_dir",
-            "val_every", "workers")
+#: Harness options a spec's ``[run]`` tables may set: every RunConfig field but those
+#: the grid or the study sets (``benchbio run``'s flags, with underscores).
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in (
+    "method", "dataset", "seed", "experiment", "method_options", "dataset_options"))
+_RUN_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
 
 _STUDY_KEYS = ("name", "description", "experiment", "methods", "datasets", "seeds", "metrics")
 _TOP_KEYS = ("study", "run", "method_options", "dataset_options", "methods", "datasets",
@@ -143,15 +146,19 @@ def _coerce_run(path: Path, options: dict[str, Any], where: str) -> dict[str, An
     _check_keys(path, options, RUN_KEYS, where)
     out: dict[str, Any] = {}
     for key, value in options.items():
-        if key in ("epochs", "batch_size", "crop_size", "val_every", "workers"):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif key == "lr":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value)
-        elif key == "scale":
-            ok = (isinstance(value, list) and len(value) == 2
-                  and all(isinstance(v, (int, float)) for v in value))
+        kind = _RUN_TYPES[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind.startswith("tuple"):
+            ok = isinstance(value, list) and len(value) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             value = tuple(float(v) for v in value) if ok else value
+        elif kind.startswith("float"):
+            ok = number
+            value = float(value) if ok else value
+        elif kind.startswith("int"):
+            ok = number and isinstance(value, int)
+        elif kind.startswith("bool"):
+            ok = isinstance(value, bool)
         else:
             ok = isinstance(value, str)
         if not ok:
@@ -444,11 +451,23 @@ def record_failure(cell: Cell, reason: str, since_ms: int) -> str:
     return run.info.run_id
 
 
-def _unfinished_run(cell: Cell) -> str | None:
-    """The id of the cell's newest run left RUNNING (a pre-empted job), if any."""
+def resumable_run(cell: Cell, requeued: bool) -> str | None:
+    """The id of the cell's newest run to continue from its checkpoint, if any.
+
+    A run that was interrupted (KILLED, checkpoint saved) is always continued; after a
+    SLURM requeue also one left RUNNING or FAILED by the pre-empted job. The run needs its
+    checkpoint folder (``benchbio.checkpoint``); otherwise the cell starts afresh.
+    """
+    from .checkpoint import CHECKPOINT_TAG, RUN_CONFIG
+
+    statuses = ("KILLED", "RUNNING", "FAILED") if requeued else ("KILLED",)
     for run in existing_runs(cell.config.experiment, cell.study):
-        if run.data.tags.get("config_hash") == cell.config_hash:
-            return run.info.run_id if run.info.status == "RUNNING" else None
+        if run.data.tags.get("config_hash") != cell.config_hash:
+            continue
+        folder = run.data.tags.get(CHECKPOINT_TAG)
+        if run.info.status in statuses and folder and (Path(folder) / RUN_CONFIG).is_file():
+            return run.info.run_id
+        return None
     return None
 
 
@@ -457,8 +476,10 @@ class CellJob(submitit.helpers.Checkpointable):
 
     Returns a dict (status, run id, test figures, seconds) instead of raising, so the
     scheduler reports every cell; a failure is also marked FAILED in MLflow with the
-    reason. Checkpointable: a pre-empted or timed-out SLURM job is requeued with the same
-    cell and, when ``training.run`` can resume, continues its own unfinished run.
+    reason. Checkpointable: a pre-empted or timed-out SLURM job saves its checkpoint
+    (``training.run`` stops at the next batch on SIGUSR2/SIGTERM), submitit requeues it,
+    and the requeued job continues the same MLflow run (``resume``). A cell whose last
+    run was interrupted (KILLED) is continued the same way by the next sweep.
     """
 
     def __init__(self, tracking_uri: str, threads: int | None = None) -> None:
@@ -471,6 +492,7 @@ class CellJob(submitit.helpers.Checkpointable):
         import torch
 
         from . import training
+        from .checkpoint import RunInterrupted
 
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -478,23 +500,24 @@ class CellJob(submitit.helpers.Checkpointable):
         if self.threads:
             torch.set_num_threads(self.threads)
         started_ms = int(time.time() * 1000)
-        kwargs: dict[str, Any] = {}
-        if self.requeued and "resume" in inspect.signature(training.run).parameters:
-            kwargs["resume"] = _unfinished_run(cell)
+        resume = resumable_run(cell, self.requeued)
         try:
-            result = training.run(cell.config, track=True, tags=cell.tags, **kwargs)
+            result = training.run(cell.config, track=True, tags=cell.tags, resume=resume)
+        except (RunInterrupted, submitit.core.utils.UncompletedJobError):
+            raise  # pre-emption: submitit requeues the job (or reports it interrupted)
         except Exception as exc:  # reported per cell; the traceback goes to the job's log
             traceback.print_exc()
             reason = _one_line(exc)
-            run_id = None
-            try:
-                run_id = record_failure(cell, reason, started_ms)
-            except Exception:  # the store itself failing must not hide the first reason
-                traceback.print_exc()
+            run_id = resume  # a resumed run is marked FAILED by training.run itself
+            if resume is None:
+                try:
+                    run_id = record_failure(cell, reason, started_ms)
+                except Exception:  # the store failing must not hide the first reason
+                    traceback.print_exc()
             return {"status": "FAILED", "run_id": run_id, "reason": reason, "test": {},
                     "seconds": time.time() - started_ms / 1000}
         return {"status": "FINISHED", "run_id": result.run_id, "reason": "",
-                "test": result.test, "seconds": result.seconds}
+                "test": result.test, "seconds": result.seconds, "resumed": resume}
 
     def checkpoint(self, cell: Cell) -> submitit.helpers.DelayedSubmission:
         """Requeue the same cell, flagged so that it resumes its unfinished run."""

@@ -249,3 +249,48 @@ def test_sweep_resume_and_report_against_an_mlflow_server(tmp_path, mlflow_serve
     assert rows["harmonic"]["sbd_ref"] == "0.9"
     assert (tmp_path / "figure.png").stat().st_size > 0
     assert "| harmonic (ref: Ours) | 1 |" in (tmp_path / "table.md").read_text()
+
+
+def test_an_interrupted_cell_resumes_its_own_run(tmp_path, monkeypatch):
+    import mlflow
+
+    from benchbio import training
+    from benchbio.checkpoint import CHECKPOINT_TAG, RUN_CONFIG
+    from benchbio.sweep import resumable_run
+
+    cell = plan_cells(load_spec(write_spec(tmp_path, TINY)))[0]
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / RUN_CONFIG).write_text("{}")
+    client = mlflow.MlflowClient()
+    experiment = mlflow.set_experiment("tiny").experiment_id
+
+    def past_run(status, start_time, checkpoint=True):
+        tags = {**cell.tags, **({CHECKPOINT_TAG: str(folder)} if checkpoint else {})}
+        run = client.create_run(experiment, start_time=start_time, tags=tags)
+        client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    assert resumable_run(cell, requeued=False) is None
+    failed = past_run("FAILED", 1_000)
+    assert resumable_run(cell, requeued=False) is None  # a failure starts afresh...
+    assert resumable_run(cell, requeued=True) == failed  # ...unless SLURM requeued the job
+    killed = past_run("KILLED", 2_000)
+    assert resumable_run(cell, requeued=False) == killed
+    past_run("KILLED", 3_000, checkpoint=False)  # nothing to resume from
+    assert resumable_run(cell, requeued=False) is None
+
+    past_run("KILLED", 4_000)
+    calls = []
+
+    def fake_run(config, track, tags, resume=None):
+        calls.append((config, tags, resume))
+        return training.RunResult(resume, {"sbd": 0.5}, {}, 0.5, 0, 1.0)
+
+    monkeypatch.setattr(training, "run", fake_run)
+    job = CellJob(mlflow.get_tracking_uri())
+    outcome = job(cell)
+    assert outcome["status"] == "FINISHED" and calls[0][2] == outcome["run_id"] is not None
+    assert calls[0][1] == cell.tags and calls[0][0] == cell.config
+    delayed = job.checkpoint(cell)  # what submitit requeues on pre-emption
+    assert delayed.function is job and job.requeued and delayed.args == (cell,)

@@ -84,6 +84,7 @@ def command(spec, executor, jobs, gpus, partition, gpus_per_job, time_min, mem_g
         load_spec,
         pending_cells,
         plan_cells,
+        resumable_run,
         run_cells,
     )
     from ..tracking import check_tracking_store
@@ -117,7 +118,8 @@ def command(spec, executor, jobs, gpus, partition, gpus_per_job, time_min, mem_g
         for col in ("cell", "config hash", "last run", "action"):
             table.add_column(col)
         for cell in cells:
-            action = "skip" if cell in done else "run"
+            action = "skip" if cell in done else (
+                "resume" if resumable_run(cell, requeued=False) else "run")
             table.add_row(cell.name, cell.config_hash, last.get(cell.config_hash, "-"), action)
         console.print(table)
         return
