@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # First comparison of all methods on synthetic-cells: same budget, same seed, same
 # network (the paper's U-Net shrunk to width 16 with 3x3 position convolutions so that it
-# trains on a CPU). Writes its MLflow runs to ./mlflow.db and the table to table.md.
+# trains on a CPU). Writes its MLflow runs to ./mlflow.db and, with `benchbio report`,
+# table.md/.csv/.tex and figure.png.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export MLFLOW_DISABLE_TELEMETRY=true
@@ -16,6 +17,6 @@ for seed in $SEEDS; do
       --set width=16 --set kernel_size=3
   done
 done
-python "$here/../../benchmarks/mlflow_table.py" --experiment synthetic-cells-comparison \
-  --metrics sbd,abs_dic,fg_bg_dice,dsb_accuracy --out "$here/table.md" \
+benchbio report --experiment synthetic-cells-comparison --out "$here" --overwrite \
+  --metrics sbd,abs_dic,fg_bg_dice,dsb_accuracy \
   --title "synthetic-cells: all methods, ${EPOCHS} epochs, seeds ${SEEDS}"
