@@ -87,7 +87,8 @@ def check_tracking_store() -> str:
                 "MLFLOW_TRACKING_URI to use the local store"
             ) from None
     try:
-        mlflow.search_experiments(max_results=1)
+        with _first_use_lock(uri):
+            retrying(mlflow.search_experiments)(max_results=1)
     except Exception as exc:  # any backend failure is the user's store, not our bug
         raise BenchbioError(
             f"cannot use the MLflow tracking store {uri}: {str(exc).splitlines()[0]}"
@@ -95,13 +96,36 @@ def check_tracking_store() -> str:
     return uri
 
 
+@contextlib.contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store across processes: MLflow creates and
+    migrates the tables on first use, and sweep workers that all find a fresh file
+    race on it ("Online migration expected to match one row"). The lock is an ``flock``
+    on the database file itself, which SQLite's own (POSIX) locks do not see."""
+    path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if path is None or fcntl is None or not path.parent.is_dir():
+        yield
+        return
+    with open(path, "ab") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 T = TypeVar("T")
 
 #: Transient store errors worth another try: SQLite's writer lock under concurrent
-#: workers, and a server that is restarting or overloaded.
+#: workers, a server that is restarting or overloaded, and two workers creating the
+#: same experiment at once (the retry finds the one the other created).
 _TRANSIENT = ("database is locked", "database table is locked", "temporarily unavailable",
               "error code 502", "error code 503", "error code 504", "Connection refused",
-              "Connection reset")
+              "Connection reset", "RESOURCE_ALREADY_EXISTS", "UNIQUE constraint failed")
 RETRY_ATTEMPTS = 8
 
 
