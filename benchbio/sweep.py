@@ -488,15 +488,15 @@ class CellJob(submitit.helpers.Checkpointable):
         self.requeued = False
 
     def __call__(self, cell: Cell) -> dict[str, Any]:
-        import mlflow
         import torch
 
         from . import training
         from .checkpoint import RunInterrupted
 
+        # through the environment, not mlflow.set_tracking_uri: nothing process-global
+        # outlives the call when it runs in-process (DebugExecutor, tests)
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        mlflow.set_tracking_uri(self.tracking_uri)
         if self.threads:
             torch.set_num_threads(self.threads)
         started_ms = int(time.time() * 1000)

@@ -294,3 +294,12 @@ def test_an_interrupted_cell_resumes_its_own_run(tmp_path, monkeypatch):
     assert calls[0][1] == cell.tags and calls[0][0] == cell.config
     delayed = job.checkpoint(cell)  # what submitit requeues on pre-emption
     assert delayed.function is job and job.requeued and delayed.args == (cell,)
+
+
+def test_slurm_sweep_refuses_the_default_store_before_submitting(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sweep", str(write_spec(tmp_path)), "--executor",
+                                       "slurm"])
+    assert result.exit_code == 2 and "relative path" in result.output
+    assert not (tmp_path / "mlflow.db").exists()  # refused before touching anything

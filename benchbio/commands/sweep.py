@@ -93,10 +93,9 @@ def command(spec, executor, jobs, gpus, partition, gpus_per_job, time_min, mem_g
         raise BenchbioError("--jobs must be at least 1")
     study = load_spec(spec)
     cells = plan_cells(study)
-    uri = absolute_tracking_uri(mlflow.get_tracking_uri())
-    mlflow.set_tracking_uri(uri)
+    uri = mlflow.get_tracking_uri()
     if executor == "slurm":
-        check_shared_store(uri)
+        check_shared_store(uri)  # as given: a relative path is what it refuses
         if not dry_run and shutil.which("sbatch") is None:
             raise BenchbioError("--executor slurm needs SLURM's sbatch, which is not on PATH; "
                                 "run the sweep on the cluster's login node")
@@ -105,6 +104,7 @@ def command(spec, executor, jobs, gpus, partition, gpus_per_job, time_min, mem_g
         if not wait:
             raise BenchbioError("--no-wait is for --executor slurm; local cells end with "
                                 "this command")
+    uri = absolute_tracking_uri(uri)  # what the jobs log to, wherever they start
     todo, done = pending_cells(cells, study.experiment)
     console = Console()
     console.print(f"study [bold]{study.name}[/bold]: {len(cells)} cells, {len(done)} finished "
