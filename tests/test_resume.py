@@ -4,6 +4,7 @@ SIGINT, NaN loss with the last good checkpoint kept, and the refusals of --resum
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,9 +60,10 @@ def only_run(status: str | None = None):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, list[tuple[int, float]]]:
+def reference(tmp_path_factory, _empty_store_template) -> dict[str, list[tuple[int, float]]]:
     """The metrics of the tiny run trained without interruption (own store and cache)."""
     base = tmp_path_factory.mktemp("reference")
+    shutil.copyfile(_empty_store_template, base / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
         mp.setenv("BENCHBIO_CACHE", str(base / "cache"))
@@ -189,6 +191,34 @@ def test_nan_loss_fails_keeps_last_good_checkpoint_and_resumes(reference, trip):
     result = CliRunner().invoke(main, ["run", "--resume", run.info.run_id])
     assert result.exit_code == 0, result.output
     assert histories(only_run("FINISHED").info.run_id) == reference
+
+
+@pytest.mark.slow
+def test_resume_before_the_first_checkpoint_restarts_in_the_same_run(reference, trip):
+    def broken_fit(self, train, *, seed, log=None):
+        Harmonic.fit(self, train, seed=seed, log=log)  # logs the guide search figures
+        raise RuntimeError("out of memory")
+
+    _Trip.fit = broken_fit
+    try:
+        result = CliRunner().invoke(main, ["run", "-m", "test-trip", *TINY])
+    finally:
+        del _Trip.fit
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+    run = only_run("FAILED")
+    assert run.data.tags["failure_reason"] == "RuntimeError: out of memory"
+    assert not (Path(run.data.tags[CHECKPOINT_TAG]) / LAST).exists()
+    guide_keys = [k for k in run.data.metrics if k.startswith("guide_search")]
+    assert guide_keys
+
+    result = CliRunner().invoke(main, ["run", "--resume", run.info.run_id])
+    assert result.exit_code == 0, result.output
+    run = only_run("FINISHED")
+    assert histories(run.info.run_id) == reference
+    client = mlflow.MlflowClient()
+    for key in guide_keys:  # logged by both attempts' guide search, kept once per step
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps))
 
 
 def _killed_run(trip) -> str:

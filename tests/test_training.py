@@ -12,7 +12,8 @@ from benchbio.cli import main
 from benchbio.registry import METHODS
 from benchbio.training import RunConfig, augment, run
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.usefixtures("fast_store")]
 
 TINY_DATA = ["n_train=4", "n_val=1", "n_test=2", "size=32"]
 TINY_METHOD = ["width=4", "kernel_size=3", "search_steps=5"]
