@@ -84,13 +84,15 @@ def _merge(
     support = (_distance(modes, sample, metric) < bandwidth).sum(1)
     order = torch.argsort(support, descending=True, stable=True)
     modes, support = modes[order], support[order].tolist()
+    close = (_distance(modes, modes, metric) < bandwidth).cpu().numpy()
+    covered = np.zeros(len(modes), dtype=bool)  # within bandwidth of a kept mode
     keep: list[int] = []
     for i in range(len(modes)):
         if support[i] < max(min_support, 1):
             break  # sorted: every later mode is as poorly supported
-        if keep and _distance(modes[i : i + 1], modes[keep], metric).min() < bandwidth:
-            continue
-        keep.append(i)
+        if not covered[i]:
+            keep.append(i)
+            covered |= close[i]
     return modes[keep]
 
 
@@ -149,8 +151,9 @@ def mean_shift(
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, pts.shape[1] if pts.ndim == 2 else 0))
     if n > max_points:
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=gen)[:max_points].to(pts.device)
+        # without replacement, O(max_points) (Floyd's algorithm), not a permutation of n
+        chosen = np.random.default_rng(seed).choice(n, max_points, replace=False)
+        idx = torch.as_tensor(np.sort(chosen), device=pts.device)
         sample = pts[idx]
     else:
         sample = pts
@@ -238,9 +241,11 @@ def embeddings_to_labels(
     emb = torch.as_tensor(embedding)
     d, h, w = emb.shape
     mask = np.ones((h, w), bool) if fg is None else np.asarray(fg, bool)
-    flat = emb.reshape(d, -1).T
-    sel = torch.as_tensor(mask.ravel(), device=flat.device)
-    points = flat[sel]
+    flat = emb.reshape(d, -1).T.contiguous()  # (pixels, D)
+    if fg is None:
+        points = flat
+    else:
+        points = flat[torch.as_tensor(mask.ravel(), device=flat.device)]
     if clusterer == "torch":
         labels, _ = mean_shift(points, bandwidth, metric=metric, kernel=kernel, seed=seed)
     elif clusterer == "sklearn":
