@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import resource
 import shlex
 import sys
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             return load_checkpoint(args.checkpoint, args.device, overrides)
         return load_run(args.run, args.device, overrides)
 
+    load_before = os.getloadavg()
     predictor = load()
     reference = load(clusterer="sklearn")
     dataset = benchbio.create_dataset(args.dataset, data_dir=args.data_dir)
@@ -239,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {_machine()}; device: {gpu or 'cpu'}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         f"- git commit: {_commit()}",
+        f"- load average (1 min) before / after: {load_before[0]:.1f} / "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} logical CPUs (above the CPU count "
+        "the machine was shared: absolute times are inflated, ratios measured side by side "
+        "in this process hold better)",
         f"- model: {predictor.method.name} from {predictor.source} "
         f"(options: {predictor.method.options()})",
         f"- data: the first {len(samples)} test images of `{args.dataset}`",
