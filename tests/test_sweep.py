@@ -303,3 +303,27 @@ def test_slurm_sweep_refuses_the_default_store_before_submitting(tmp_path, monke
                                        "slurm"])
     assert result.exit_code == 2 and "relative path" in result.output
     assert not (tmp_path / "mlflow.db").exists()  # refused before touching anything
+
+
+def test_slurm_sweep_submits_one_array_through_the_same_scheduler(tmp_path, monkeypatch):
+    """With fake srun/sbatch on PATH: the sweep checks the store, submits the two cells as
+    one job array with the chosen resources, and returns (--no-wait)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    result = CliRunner().invoke(main, [
+        "sweep", str(write_spec(tmp_path)), "--executor", "slurm", "--partition", "gpu",
+        "--time", "90", "--mem", "16", "--array-parallelism", "8", "--slurm-opt",
+        "account=lab", "--no-wait", "--log-dir", str(tmp_path / "logs")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("SUBMITTED") >= 2 and "4242_0" in result.output
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --array=0-1%2",  # submitit caps the parallelism at the cells
+                 "#SBATCH --partition=gpu", "#SBATCH --time=90",
+                 "#SBATCH --mem=16GB", "#SBATCH --account=lab", "#SBATCH --gpus-per-node=1"):
+        assert line in script
