@@ -126,3 +126,20 @@ def test_clear_one_line_errors(checkpoint, inputs, tmp_path, args, message):
     result = run(*args, folder, "--out", tmp_path / "out")
     assert result.exit_code == 2
     assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_foreground_masks_limit_the_instances(checkpoint, inputs, tmp_path):
+    folder, _ = inputs
+    fg_dir = tmp_path / "fg"
+    fg_dir.mkdir()
+    mask = np.zeros((40, 52), np.uint8)
+    mask[5:30, 10:40] = 255
+    Image.fromarray(mask).save(fg_dir / "a.png")
+    out = tmp_path / "out"
+    result = run("--checkpoint", checkpoint, folder / "a.png", "--out", out, "--fg", fg_dir,
+                 "--min-area", 0)
+    assert result.exit_code == 0, result.output
+    labels = tifffile.imread(out / "a.tif")
+    assert labels[mask == 0].max() == 0 and labels[mask > 0].min() >= 1
+    missing = run("--checkpoint", checkpoint, folder / "b.tif", "--out", out, "--fg", fg_dir)
+    assert missing.exit_code == 2 and "no foreground mask b" in missing.stderr
