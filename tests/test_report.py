@@ -108,7 +108,7 @@ def test_no_runs_and_no_references_is_a_clear_error():
         build_table([], title="t")
 
 
-def test_report_cli_from_an_experiment(tmp_path):
+def test_report_cli_from_an_experiment(tmp_path, fast_store):
     import mlflow
 
     mlflow.set_experiment("exp")

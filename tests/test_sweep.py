@@ -157,12 +157,11 @@ def test_slurm_needs_a_shared_tracking_store():
             check_shared_store(uri)
 
 
-def test_slurm_store_check_accepts_absolute_sqlite_refuses_dead_server(tmp_path, monkeypatch):
+def test_slurm_store_check_accepts_absolute_sqlite_refuses_dead_server(fast_store, monkeypatch):
     import socket
 
-    uri = f"sqlite:///{tmp_path / 'shared.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    check_shared_store(uri)
+    assert fast_store.startswith("sqlite:////")  # this test's store, at an absolute path
+    check_shared_store(fast_store)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -193,7 +192,7 @@ def test_executors_share_one_interface(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- cells
-def test_a_cell_that_fails_is_reported_and_marked_failed_in_mlflow(tmp_path):
+def test_a_cell_that_fails_is_reported_and_marked_failed_in_mlflow(tmp_path, fast_store):
     import mlflow
 
     spec = load_spec(write_spec(tmp_path, TINY.replace("n_val = 1", "n_val = 0")))
@@ -251,7 +250,7 @@ def test_sweep_resume_and_report_against_an_mlflow_server(tmp_path, mlflow_serve
     assert "| harmonic (ref: Ours) | 1 |" in (tmp_path / "table.md").read_text()
 
 
-def test_an_interrupted_cell_resumes_its_own_run(tmp_path, monkeypatch):
+def test_an_interrupted_cell_resumes_its_own_run(tmp_path, monkeypatch, fast_store):
     import mlflow
 
     from benchbio import training
@@ -305,7 +304,8 @@ def test_slurm_sweep_refuses_the_default_store_before_submitting(tmp_path, monke
     assert not (tmp_path / "mlflow.db").exists()  # refused before touching anything
 
 
-def test_slurm_sweep_submits_one_array_through_the_same_scheduler(tmp_path, monkeypatch):
+def test_slurm_sweep_submits_one_array_through_the_same_scheduler(tmp_path, monkeypatch,
+                                                                 fast_store):
     """With fake srun/sbatch on PATH: the sweep checks the store, submits the two cells as
     one job array with the chosen resources, and returns (--no-wait)."""
     bin_dir = tmp_path / "bin"
