@@ -13,6 +13,7 @@ from pathlib import Path
 
 from benchbio.data import InstanceDataset, LazySamples, Sample, data_root
 from benchbio.errors import DataError
+from benchbio.instances import spatial_shape
 from benchbio.io import list_images, read_image, read_labels
 from benchbio.registry import register_dataset
 
@@ -64,7 +65,13 @@ def _loader(paths: dict[str, tuple[Path, Path]]):
     def load(name: str) -> Sample:
         image_path, mask_path = paths[name]
         image = to_chw(to_unit(read_image(image_path)), str(image_path))
-        sample = Sample(name=name, image=image, instances=read_labels(mask_path))
+        labels = read_labels(mask_path)
+        if spatial_shape(labels) != image.shape[1:]:
+            raise DataError(
+                f"folder dataset: image {image_path} is {image.shape[1:]} but its mask "
+                f"{mask_path} is {spatial_shape(labels)}; image and mask must have the same size"
+            )
+        sample = Sample(name=name, image=image, instances=labels)
         if sample.instances.size == 0 or sample.instances.min() == sample.instances.max():
             raise DataError(f"folder dataset: mask {mask_path} has no instance (every pixel "
                             "is background); fix the mask or remove the image and its mask")

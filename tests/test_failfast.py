@@ -112,7 +112,8 @@ def test_image_without_mask(user_data):
 def test_shape_mismatch(user_data):
     write_pair(user_data, "test", "s1", labels=np.eye(16, dtype=np.uint16),
                image=np.zeros((32, 32), np.uint8))
-    assert_one_line(run_folder(user_data), "s1: image is (32, 32) but its instances are (16, 16)")
+    assert_one_line(run_folder(user_data), "s1.tif is (32, 32) but its mask",
+                    "s1.tif is (16, 16); image and mask must have the same size")
     assert_no_run()
 
 
