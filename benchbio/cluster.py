@@ -96,22 +96,26 @@ def _merge(
     return modes[keep]
 
 
-def _nearest(points: torch.Tensor, centres: torch.Tensor, metric: str):
-    """Index of and distance to the nearest centre, in chunks to bound memory.
+def _nearest(points: torch.Tensor, centres: torch.Tensor, metric: str, distances: bool = True):
+    """Index of (and, if ``distances``, distance to) the nearest centre, in chunks.
 
     For L2 the nearest centre minimises ``|c|^2 - 2 p.c`` (one matrix product, no
-    square roots); the returned distance is then computed exactly."""
+    square roots, ``points`` may be a transposed view); the distance is then exact."""
     labels = torch.empty(len(points), dtype=torch.int64, device=points.device)
-    dist = torch.empty(len(points), dtype=points.dtype, device=points.device)
+    dist = torch.empty(len(points) if distances else 0, dtype=points.dtype,
+                       device=points.device)
     norms = (centres * centres).sum(1)
     for start in range(0, len(points), 65536):
         chunk = points[start : start + 65536]
         if metric == "l2":
             nearest = torch.addmm(norms[None], chunk, centres.T, alpha=-2).argmin(1)
-            d = (chunk - centres[nearest]).norm(dim=1)
+            if distances:
+                dist[start : start + 65536] = (chunk - centres[nearest]).norm(dim=1)
         else:
             d, nearest = _distance(chunk, centres, metric).min(1)
-        dist[start : start + 65536], labels[start : start + 65536] = d, nearest
+            if distances:
+                dist[start : start + 65536] = d
+        labels[start : start + 65536] = nearest
     return labels, dist
 
 
@@ -172,7 +176,7 @@ def mean_shift(
             uncovered = sample[dist >= bandwidth]
             if len(uncovered) == 0 or len(centres) == before:
                 break  # all covered, or the left-overs are noise that forms no new mode
-        labels, _ = _nearest(pts, centres, metric)
+        labels, _ = _nearest(pts, centres, metric, distances=False)
     return labels.cpu().numpy(), centres.cpu().numpy()
 
 
@@ -241,11 +245,11 @@ def embeddings_to_labels(
     emb = torch.as_tensor(embedding)
     d, h, w = emb.shape
     mask = np.ones((h, w), bool) if fg is None else np.asarray(fg, bool)
-    flat = emb.reshape(d, -1).T.contiguous()  # (pixels, D)
+    flat = emb.reshape(d, -1)  # (D, pixels); points are its transposed view, not a copy
     if fg is None:
-        points = flat
+        points = flat.T
     else:
-        points = flat[torch.as_tensor(mask.ravel(), device=flat.device)]
+        points = flat[:, torch.as_tensor(mask.ravel(), device=flat.device)].T
     if clusterer == "torch":
         labels, _ = mean_shift(points, bandwidth, metric=metric, kernel=kernel, seed=seed)
     elif clusterer == "sklearn":
