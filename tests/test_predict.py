@@ -94,8 +94,7 @@ def test_a_corrupt_input_is_named_and_the_others_are_written(checkpoint, inputs,
     assert sorted(p.name for p in out.glob("*.tif")) == ["a.tif", "b.tif"]
 
 
-@pytest.mark.slow  # an MLflow sqlite store is created and migrated
-def test_predict_from_an_mlflow_run(checkpoint, inputs, tmp_path, monkeypatch):
+def test_predict_from_an_mlflow_run(checkpoint, inputs, tmp_path, monkeypatch, fast_store):
     import mlflow
 
     monkeypatch.chdir(tmp_path)  # the run's artifacts go under the test's folder
