@@ -140,11 +140,12 @@ def mean_shift(
     deviation ``bandwidth``); modes closer than ``bandwidth`` are merged by decreasing
     support and modes supported by fewer than ``min_support`` sampled points dropped;
     every point joins its nearest mode. Points left farther than ``bandwidth`` from
-    every mode seed another round (at most ``rounds``), so no cluster is lost to a
-    shared bin. ``metric`` is ``"l2"`` (scikit-learn's) or ``"l1"`` (the distance of the
-    guide search, eq. 4). Above ``max_points`` points the shifts use a random subsample
-    of that size drawn from ``seed`` (so the result is deterministic for a seed); the
-    assignment always uses every point. Runs on the device of ``points``.
+    every mode seed another round (at most ``rounds``, and only while a round finds a
+    new mode), so no cluster is lost to a shared bin. ``metric`` is ``"l2"``
+    (scikit-learn's) or ``"l1"`` (the distance of the guide search, eq. 4). Above
+    ``max_points`` points the shifts use a random subsample of that size drawn from
+    ``seed`` (so the result is deterministic for a seed); the assignment always uses
+    every point. Runs on the device of ``points``.
     """
     if metric not in ("l1", "l2"):
         raise ValueError(f"metric must be 'l1' or 'l2', got {metric!r}")
@@ -155,7 +156,7 @@ def mean_shift(
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, pts.shape[1] if pts.ndim == 2 else 0))
     if n > max_points:
-        # without replacement, O(max_points) (Floyd's algorithm), not a permutation of n
+        # numpy draws a small subset without permuting all n points
         chosen = np.random.default_rng(seed).choice(n, max_points, replace=False)
         idx = torch.as_tensor(np.sort(chosen), device=pts.device)
         sample = pts[idx]
