@@ -566,8 +566,9 @@ def _resolved(config: RunConfig, method: Method, dataset: InstanceDataset) -> di
 
 
 #: Options that may differ when a run is resumed: where and how fast it runs, not what
-#: it computes (a CPU run resumed on a GPU is no longer bit-exact, but it is the same run).
-RESUME_MAY_CHANGE = ("workers", "device", "data_dir")
+#: it computes (a CPU run resumed on a GPU is no longer bit-exact, but it is the same
+#: run). The experiment is the run's own whatever ``--experiment`` says.
+RESUME_MAY_CHANGE = ("workers", "device", "data_dir", "experiment")
 
 
 def _check_same_config(run_id: str, saved: dict[str, Any], now: dict[str, Any]) -> None:
