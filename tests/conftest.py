@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -114,6 +115,7 @@ def mlflow_server(tmp_path, monkeypatch, _empty_store_template):
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        start_new_session=True,  # the server and its workers form one group, stopped together
     )
     try:
         deadline = time.time() + 90
@@ -134,11 +136,9 @@ def mlflow_server(tmp_path, monkeypatch, _empty_store_template):
     finally:
         import signal
 
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-            try:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # KILL: stragglers that outlive TERM
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-                proc.wait(wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
         log.close()
