@@ -36,6 +36,9 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.delenv("BENCHBIO_DATA", raising=False)
+    # checkpoints of runs on a remote store go to the user data dir (platformdirs)
+    monkeypatch.setenv("XDG_DATA_HOME", str(base / "data-home"))
+    monkeypatch.delenv("BENCHBIO_CHECKPOINT_DIR", raising=False)
 
 
 @pytest.fixture(scope="session")

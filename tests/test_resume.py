@@ -317,3 +317,17 @@ def test_lr_schedules_step_per_batch_and_restore(schedule):
     again = make_scheduler(torch.optim.Adam([param], lr=0.1), schedule, total_steps=10)
     again.load_state_dict(sched.state_dict())
     assert again.state_dict() == sched.state_dict()
+
+
+def test_checkpoint_folder_is_found_from_the_run(tmp_path, monkeypatch):
+    from benchbio.checkpoint import checkpoint_folder
+
+    beside = tmp_path / "mlruns" / "1" / "abc" / "checkpoints"
+    local = tmp_path / "mlruns" / "1" / "abc" / "artifacts"
+    assert checkpoint_folder("abc", f"file://{local}", None) == beside
+    assert checkpoint_folder("abc", str(local), None) == beside
+    remote = checkpoint_folder("abc", "mlflow-artifacts:/1/abc/artifacts", None)
+    assert remote == Path(os.environ["XDG_DATA_HOME"]) / "benchbio" / "checkpoints" / "abc"
+    assert checkpoint_folder("abc", str(local), tmp_path / "ck") == tmp_path / "ck" / "abc"
+    monkeypatch.setenv("BENCHBIO_CHECKPOINT_DIR", str(tmp_path / "env"))
+    assert checkpoint_folder("abc", str(local), None) == tmp_path / "env" / "abc"
