@@ -26,9 +26,10 @@ from benchbio.checkpoint import (
     save_atomic,
 )
 from benchbio.cli import main
+from benchbio.errors import BenchbioError
 from benchbio.methods.harmonic import Harmonic
 from benchbio.registry import METHODS
-from benchbio.training import make_scheduler
+from benchbio.training import RunConfig, make_scheduler, run
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.usefixtures("fast_store")]
@@ -259,6 +260,8 @@ def test_resume_of_unknown_or_finished_runs_is_one_line():
     assert result.exit_code == 2 and "no unfinished benchbio run to resume" in result.output
     result = CliRunner().invoke(main, ["run", "--epochs", "2"])
     assert result.exit_code == 2 and "--method and --dataset are required" in result.output
+    with pytest.raises(BenchbioError, match="drop --no-track"):
+        run(RunConfig(method="harmonic", dataset="synthetic-cells"), track=False, resume="last")
 
 
 def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
