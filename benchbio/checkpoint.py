@@ -10,9 +10,10 @@ the run's ``checkpoint_dir`` tag:
 
 The folder holds ``run.json`` (the run's configuration, written before training),
 ``last.pt`` (the whole training state, rewritten after every epoch and when a stop is
-requested), ``best-epochNNNN.pt`` (the best validation weights so far) and ``lock``
-(held while a process trains the run, so that a run still alive is never resumed
-twice). Files are written to a temporary name, synced and renamed, so a crash at any
+requested), ``best-epochNNNN.pt`` (the best validation weights so far; both files are
+deleted once the run has FINISHED and logged them as ``checkpoint/best.pt``) and
+``lock`` (held while a process trains the run, so that a run still alive is never
+resumed twice). Files are written to a temporary name, synced and renamed, so a crash at any
 moment leaves the previous complete file in place.
 """
 

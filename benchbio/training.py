@@ -731,4 +731,13 @@ def run(
             stop.chain()  # e.g. submitit's handler: requeue the pre-empted SLURM job
             raise RunInterrupted(f"{exc}; continue with `benchbio run --resume {run_id}`",
                                  exc.signum) from None
+    _release_checkpoints(folder)
     return result
+
+
+def _release_checkpoints(folder: Path) -> None:
+    """After a FINISHED run: its best weights are the artifact ``checkpoint/best.pt`` and
+    a finished run is never resumed, so only ``run.json`` stays in its folder."""
+    for path in [folder / LAST, *folder.glob("best-epoch*.pt")]:
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -36,7 +36,7 @@ for r in range(runs):
 
 
 def run_workers(cwd) -> None:
-    start_at = time.time() + 12  # after every worker has imported MLflow and torch
+    start_at = time.time() + 8  # about when every worker has imported MLflow and torch
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(w), str(RUNS), str(STEPS),
                                str(start_at), ",".join(KEYS)],
                               cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

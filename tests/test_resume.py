@@ -137,6 +137,7 @@ def test_signal_mid_epoch_saves_checkpoint_marks_killed_and_resume_is_identical(
     assert result.exit_code == 0, result.output
     run = only_run("FINISHED")
     assert histories(run.info.run_id) == reference  # bit for bit, each step logged once
+    assert sorted(p.name for p in folder.iterdir()) == ["lock", "run.json"]  # released
     assert "failure_reason" not in run.data.tags
     assert run.data.tags["resumes"] == "1"
     assert f"stopped by {sig.name}" in run.data.tags["previous_failure_reason"]
