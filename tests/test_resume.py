@@ -335,3 +335,50 @@ def test_checkpoint_folder_is_found_from_the_run(tmp_path, monkeypatch):
     assert checkpoint_folder("abc", str(local), tmp_path / "ck") == tmp_path / "ck" / "abc"
     monkeypatch.setenv("BENCHBIO_CHECKPOINT_DIR", str(tmp_path / "env"))
     assert checkpoint_folder("abc", str(local), None) == tmp_path / "env" / "abc"
+
+
+class PreemptibleJob:
+    """A submitit job running one benchbio run, requeued on pre-emption with
+    ``resume=<its run id>`` (the contract that ``benchbio.sweep.CellJob`` follows)."""
+
+    def __call__(self, config: RunConfig, folder: str, resume: str | None = None):
+        (Path(folder) / "job.pid").write_text(str(os.getpid()))
+        return run(config, resume=resume, checkpoint_dir=folder,
+                   on_start=lambda run_id: setattr(self, "run_id", run_id))
+
+    def checkpoint(self, config: RunConfig, folder: str, resume: str | None = None):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, config, folder, resume=self.run_id)
+
+
+@pytest.mark.slow
+def test_preempted_submitit_job_is_requeued_and_resumes_its_run(reference, tmp_path,
+                                                                 monkeypatch):
+    import submitit
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    config = RunConfig(method="harmonic", dataset="synthetic-cells", epochs=EPOCHS,
+                       batch_size=2, lr=1e-3, crop_size=32, device="cpu",
+                       method_options={"width": 4, "kernel_size": 3, "search_steps": 5},
+                       dataset_options={"n_train": 4, "n_val": 1, "n_test": 2, "size": 32})
+    executor = submitit.LocalExecutor(tmp_path / "jobs")
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(PreemptibleJob(), config, str(ckpts))
+    deadline = time.time() + 120
+    while not list(ckpts.glob(f"*/{LAST}")):
+        assert job.state not in ("FINISHED", "FAILED"), job.stderr()
+        assert time.time() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    os.kill(int((ckpts / "job.pid").read_text()), signal.SIGUSR2)  # SLURM's pre-emption notice
+    result = job.result()
+    run = only_run("FINISHED")
+    assert result.run_id == run.info.run_id
+    assert run.data.tags["resumes"] == "1"
+    assert "stopped by SIGUSR2" in run.data.tags["previous_failure_reason"]
+    assert histories(run.info.run_id) == reference
+    assert "Requeued job" in job.stdout()
