@@ -1,0 +1,150 @@
+"""Why the harmonic method misses SBD >= 0.85 in five CPU minutes on synthetic-cells.
+
+Two diagnostics behind ``results/synthetic-cells-cpu-budget/README.md``:
+
+``train``: a fixed number of Adam steps of a method on synthetic-cells through the
+harness's own crop pipeline (``CropDataset``), method hooks and scorer, then the test SBD
+under several mean-shift settings and the test L1 error split into cell interiors, cell
+boundaries and background. Step-based (not epoch-based) so that variants of different
+speed are compared at the same number of updates.
+
+``noise``: the ground-truth targets plus Gaussian noise (i.i.d. or spatially smoothed),
+clustered as at test time: how accurate the network must be for mean-shift to work.
+
+    python benchmarks/harmonic_cpu_budget.py train --lr 1e-2 --sched onecycle \\
+        --set width=16 kernel_size=7 --tag k7
+    python benchmarks/harmonic_cpu_budget.py noise
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+from torch.utils.data import DataLoader
+
+from benchbio.cluster import embeddings_to_labels
+from benchbio.method import parse_option_value
+from benchbio.registry import DATASETS, METHODS
+from benchbio.training import CropDataset, evaluate_samples, seed_everything
+
+
+def _options(pairs: list[str]) -> dict:
+    return {k: parse_option_value(v) for k, _, v in (p.partition("=") for p in pairs)}
+
+
+def train(a: argparse.Namespace) -> dict:
+    seed_everything(a.seed)
+    ds = DATASETS.create("synthetic-cells")
+    m = METHODS.create(a.method, **_options(a.set))
+    train_samples, test = list(ds.split("train")), list(ds.split("test"))
+    t0 = time.time()
+    m.fit(train_samples, seed=a.seed)
+    t_fit = time.time() - t0
+    model = m.build_model(1)
+    crops = CropDataset(train_samples, m, a.crop, (0.8, 1.25), a.seed, False)
+    loader = DataLoader(crops, batch_size=a.bs, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(a.seed))
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    sched = None
+    if a.sched == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps,
+                                                    pct_start=0.15)
+    step, epoch, losses = 0, 0, []
+    while step < a.steps:
+        crops.epoch = epoch
+        epoch += 1
+        model.train()
+        for batch in loader:
+            image = batch.pop("image")
+            opt.zero_grad()
+            loss = m.loss(model(image), batch)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.item())
+            step += 1
+            if step >= a.steps:
+                break
+    t_loop = time.time() - t0 - t_fit
+    model.eval()
+    with torch.no_grad():
+        outs = [model(torch.from_numpy(s.image)[None].float())[0] for s in test]
+    res: dict = {}
+    for metric, bandwidth in (("l2", 0.5), ("l1", 0.5), ("l2", 0.35), ("l2", 0.7)):
+        preds = [embeddings_to_labels(o, bandwidth, metric=metric, min_area=ds.min_area)
+                 for o in outs]
+        scores = evaluate_samples(preds, test, ["sbd", "dic"]).mean
+        res[f"{metric}@{bandwidth}"] = {k: round(float(v), 3) for k, v in scores.items()}
+    errs: dict[str, list[float]] = {"interior": [], "boundary": [], "background": []}
+    for out, s in zip(outs, test):
+        err = np.abs(out.numpy() - m.targets(s.instances, None)["embedding"]).mean(0)
+        fg = s.instances > 0
+        edge = ndi.binary_dilation(find_boundaries(s.instances), iterations=1)
+        errs["interior"].append(err[fg & ~edge].mean())
+        errs["boundary"].append(err[fg & edge].mean())
+        errs["background"].append(err[~fg].mean())
+    res["l1_error"] = {k: round(float(np.mean(v)), 4) for k, v in errs.items()}
+    return {"tag": a.tag, "args": vars(a), "fit_s": round(t_fit, 1),
+            "train_s": round(t_loop, 1), "final_loss": float(np.mean(losses[-30:])),
+            "test": res}
+
+
+def noise(a: argparse.Namespace) -> list[dict]:
+    ds = DATASETS.create("synthetic-cells")
+    m = METHODS.create("harmonic")
+    m.fit(list(ds.split("train")), seed=a.seed)
+    test = list(ds.split("test"))[: a.images]
+    targets = [m.targets(s.instances, None)["embedding"] for s in test]
+    rng = np.random.default_rng(a.seed)
+    rows = []
+    for smooth in (0, 2):
+        for sigma in (0.05, 0.1, 0.15, 0.2):
+            preds = []
+            for t in targets:
+                n = rng.normal(0, 1, t.shape)
+                if smooth:
+                    n = np.stack([ndi.gaussian_filter(c, smooth) for c in n])
+                    n /= n.std()
+                noisy = torch.from_numpy((t + sigma * n).astype(np.float32))
+                preds.append(embeddings_to_labels(noisy, 0.5, min_area=ds.min_area))
+            scores = evaluate_samples(preds, test, ["sbd", "dic"]).mean
+            rows.append({"smooth_px": smooth, "sigma": sigma,
+                         "mean_abs_error": round(sigma * float(np.sqrt(2 / np.pi)), 3),
+                         **{k: round(float(v), 3) for k, v in scores.items()}})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--method", default="harmonic")
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--bs", type=int, default=16)
+    t.add_argument("--crop", type=int, default=64)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--sched", choices=("constant", "onecycle"), default="constant")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    t.add_argument("--threads", type=int, default=torch.get_num_threads())
+    t.add_argument("--tag", default="")
+    n = sub.add_parser("noise")
+    n.add_argument("--images", type=int, default=8)
+    for q in (t, n):
+        q.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    torch.set_num_threads(getattr(a, "threads", 1) if a.what == "train" else 1)
+    out = train(a) if a.what == "train" else noise(a)
+    if a.what == "train":
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
