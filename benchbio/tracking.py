@@ -190,8 +190,12 @@ def tracked_run(
 
     mlflow = _mlflow()
     if run_id is None:
-        retrying(mlflow.set_experiment)(experiment)
-        run = retrying(mlflow.start_run)(run_name=run_name, tags=tags)
+        # The id is passed on: when two workers create the experiment at once, MLflow's
+        # set_experiment returns it without making it active, and start_run would
+        # silently file the run under "Default" (seen with 4 workers on a server).
+        exp = retrying(mlflow.set_experiment)(experiment)
+        run = retrying(mlflow.start_run)(experiment_id=exp.experiment_id, run_name=run_name,
+                                         tags=tags)
     else:
         run = retrying(mlflow.start_run)(run_id=run_id)
         retrying(mlflow.set_tags)(tags)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import mlflow
 import pytest
@@ -21,10 +20,14 @@ WORKER = """
 import sys, time
 import mlflow
 from benchbio.tracking import check_tracking_store, retrying, tracked_run
+from pathlib import Path
 worker, runs, steps = (int(a) for a in sys.argv[1:4])
-start_at, keys = float(sys.argv[4]), sys.argv[5].split(",")
+workers, keys = int(sys.argv[4]), sys.argv[5].split(",")
 check_tracking_store()
-time.sleep(max(0.0, start_at - time.time()))  # all workers hit the store together
+Path(f"ready-{worker}").touch()
+deadline = time.time() + 120
+while len(list(Path().glob("ready-*"))) < workers and time.time() < deadline:
+    time.sleep(0.01)  # all workers hit the store together
 log_metric, log_params = retrying(mlflow.log_metric), retrying(mlflow.log_params)
 for r in range(runs):
     with tracked_run("concurrency", f"w{worker}-r{r}", {"worker": str(worker)}):
@@ -36,9 +39,8 @@ for r in range(runs):
 
 
 def run_workers(cwd) -> None:
-    start_at = time.time() + 8  # about when every worker has imported MLflow and torch
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(w), str(RUNS), str(STEPS),
-                               str(start_at), ",".join(KEYS)],
+                               str(WORKERS), ",".join(KEYS)],
                               cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for w in range(WORKERS)]
     outputs = [p.communicate(timeout=300)[0].decode(errors="replace") for p in procs]
@@ -71,3 +73,28 @@ def test_four_workers_share_one_sqlite_file_created_by_the_first(tmp_path):
 def test_four_workers_share_one_mlflow_server(mlflow_server, tmp_path):
     run_workers(tmp_path)
     assert_nothing_lost()
+
+
+@pytest.mark.usefixtures("fast_store")
+def test_run_lands_in_its_experiment_when_another_worker_created_it_first(monkeypatch):
+    """MLflow's set_experiment, losing the creation race, returns the experiment without
+    making it active; tracked_run must still file the run under it, not "Default"."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from benchbio.tracking import tracked_run
+
+    mlflow.MlflowClient().create_experiment("concurrency")  # the other worker's
+    real = TrackingServiceClient.get_experiment_by_name
+    calls = []
+
+    def not_yet_seen(self, name):  # this worker looked just before the other created it
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", not_yet_seen)
+    with tracked_run("concurrency", "late", {}) as run:
+        pass
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", real)
+    assert len(calls) >= 2  # the race path was taken
+    exp = mlflow.get_experiment_by_name("concurrency")
+    assert run.info.experiment_id == exp.experiment_id
