@@ -39,6 +39,23 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     # checkpoints of runs on a remote store go to the user data dir (platformdirs)
     monkeypatch.setenv("XDG_DATA_HOME", str(base / "data-home"))
     monkeypatch.delenv("BENCHBIO_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    yield
+    _forget_mlflow_state()
+
+
+def _forget_mlflow_state() -> None:
+    """MLflow keeps the active run and experiment in module globals (and the experiment
+    id in the environment): reset them so no test inherits another's experiment."""
+    import sys
+
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is None:
+        return
+    while fluent.active_run() is not None:
+        fluent.end_run()
+    fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 @pytest.fixture(scope="session")
