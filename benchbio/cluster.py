@@ -188,7 +188,9 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
     Mean-shift's matrices are small (hundreds of modes by a few thousand points), so
     threads mostly synchronise: on the project's loaded 2-core machine, clustering one
     CVPPP image's 265,000 embeddings took 0.6-0.7 s with one thread and 2.8-4.4 s with
-    two, timed alternately in one process.
+    two, timed alternately in one process. On the same machine idle, two threads were
+    faster but only by a quarter (0.046-0.061 s against 0.059-0.081 s on three CVPPP
+    outputs): one thread is the safer default where runs share the cores (sweeps, CI).
     """
     if n is None or torch.get_num_threads() == n:
         yield
