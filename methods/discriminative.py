@@ -59,6 +59,7 @@ class DiscriminativeOptions(MethodOptions):
         n_guides, eps, search_steps, search_lr: harmonic's guide search (SinConv only).
         kernel_size: kernel of the decoder's first convolutions (authors' U-Net: 7).
         clusterer: "torch" (vectorised mean-shift) or "sklearn".
+        cluster_kernel: torch mean-shift kernel, "flat" or "gaussian".
     """
 
     embedding_dim: int = 12
@@ -75,6 +76,7 @@ class DiscriminativeOptions(MethodOptions):
     search_lr: float = 10.0
     kernel_size: int = 7
     clusterer: str = "torch"
+    cluster_kernel: str = "flat"
 
 
 def cluster_targets(instances: np.ndarray, fg: np.ndarray | None) -> np.ndarray:
@@ -161,6 +163,8 @@ class Discriminative(Method):
             raise BenchbioError(f"position={o.position!r}: use none or sinconv")
         if o.clusterer not in ("torch", "sklearn"):
             raise BenchbioError(f"clusterer={o.clusterer!r}: use torch or sklearn")
+        if o.cluster_kernel not in ("flat", "gaussian"):
+            raise BenchbioError(f"cluster_kernel={o.cluster_kernel!r}: use flat or gaussian")
         if o.bandwidth is None:
             o.bandwidth = o.delta_d
         # The guide search, its cache and its state are harmonic's, reused as they are.
@@ -226,7 +230,7 @@ class Discriminative(Method):
         """Mean-shift with bandwidth ``delta_d`` (largest cluster = background w/o fg)."""
         return embeddings_to_labels(
             output.float(), float(self.opts.bandwidth), fg=fg, min_area=min_area,
-            clusterer=self.opts.clusterer,
+            clusterer=self.opts.clusterer, kernel=self.opts.cluster_kernel,
         )
 
 

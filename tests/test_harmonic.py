@@ -71,6 +71,8 @@ def test_unknown_option_is_a_clear_error():
         benchbio.create_method("harmonic", n_guide=3)
     with pytest.raises(benchbio.BenchbioError, match="must be of type int"):
         benchbio.create_method("harmonic", n_guides="many")
+    with pytest.raises(benchbio.BenchbioError, match="use flat or gaussian"):
+        benchbio.create_method("harmonic", cluster_kernel="epanechnikov")
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,27 @@ def test_oracle_targets_recover_instances(cells):
     ]
     sbd = evaluate(preds, [s.instances for s in test], ["sbd"]).mean["sbd"]
     assert sbd >= 0.99
+
+
+@pytest.mark.parametrize("name", ["harmonic", "discriminative"])
+def test_cluster_kernel_option_reaches_the_mean_shift(name, monkeypatch):
+    import benchbio.cluster
+
+    seen = []
+    real = benchbio.cluster.mean_shift
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("kernel"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchbio.cluster, "mean_shift", spy)
+    method = benchbio.create_method(name, cluster_kernel="gaussian")
+    output = torch.zeros(12, 8, 8)
+    output[:, :, 4:] = 1.0  # two flat halves: two clusters, one taken as background
+    labels = method.postprocess(output, None, 0)
+    assert seen == ["gaussian"]
+    halves = {int(labels[:, :4].max()), int(labels[:, 4:].max())}
+    assert labels.max() == 1 and halves == {0, 1}
 
 
 def test_state_round_trip_restores_guides(cells, tmp_path):
