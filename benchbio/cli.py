@@ -13,7 +13,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 class BenchbioGroup(click.Group):
-    """A click group that reports user errors as one line and exit code 2."""
+    """A click group that reports user errors as one line and exit code 2: benchbio's own
+    errors, and click's usage errors (unknown command or option, bad or missing value),
+    which click would otherwise print as usage, hint and error on several lines."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -21,6 +23,13 @@ class BenchbioGroup(click.Group):
         except BenchbioError as exc:
             click.echo(f"benchbio: error: {exc}", err=True)
             ctx.exit(getattr(exc, "exit_code", 2))  # 128 + signal for an interrupted run
+        except click.UsageError as exc:
+            if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+                raise  # a bare sub-group shows its help, as asked
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            message = " ".join(exc.format_message().split())
+            click.echo(f"benchbio: error: {message} (see `{where} --help`)", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=BenchbioGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -67,6 +67,27 @@ def assert_no_run():
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
 
 
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["frobnicate"], ["No such command 'frobnicate'", "`benchbio --help`"]),
+        (["run", "--bogus"], ["No such option '--bogus'", "`benchbio run --help`"]),
+        (["run", "-m", "harmonic", "-d", "synthetic-cells", "--lr-schedule", "bogus"],
+         ["'--lr-schedule'", "'onecycle'"]),
+        (["run", "-m", "harmonic", "-d", "synthetic-cells", "--epochs", "x"],
+         ["'--epochs'", "not a valid integer"]),
+        (["eval"], ["Missing argument", "`benchbio eval --help`"]),
+    ],
+)
+def test_usage_errors_are_one_line(args, fragments):
+    assert_one_line(CliRunner().invoke(main, args, prog_name="benchbio"), *fragments)
+
+
+def test_a_bare_sub_group_still_shows_its_help():
+    result = CliRunner().invoke(main, ["data"], prog_name="benchbio")
+    assert "Usage: benchbio data" in result.output and "benchbio: error" not in result.output
+
+
 # ---------------------------------------------------------------------------- names
 def test_unknown_names():
     assert_one_line(invoke("run", "-m", "nope", "-d", "synthetic-cells"),
