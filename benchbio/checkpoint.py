@@ -225,8 +225,9 @@ class GracefulStop:
     The training loop polls :attr:`signum` between batches, saves its checkpoint and
     raises :class:`RunInterrupted`. A second signal stops at once (KeyboardInterrupt).
     :meth:`chain` then hands the signal to the handler that was installed before
-    (submitit's, which requeues a pre-empted SLURM job), if any. Outside the main thread
-    signals cannot be caught and this does nothing.
+    (submitit's, which requeues a pre-empted SLURM job), if any. A signal the process
+    was started to ignore (``nohup``, a background job's SIGINT) stays ignored. Outside
+    the main thread signals cannot be caught and this does nothing.
     """
 
     SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR2")
@@ -239,7 +240,7 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 sig = getattr(signal, name, None)
-                if sig is not None:
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -302,6 +302,25 @@ def test_a_second_signal_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_signal_the_process_ignores_stays_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job or under nohup
+    with GracefulStop() as stop:
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signum is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.fixture(autouse=True)
+def _python_sigint_handler():
+    """Tests start from Python's own SIGINT handler, whatever the test runner inherited
+    (a background job's shell starts it with SIGINT ignored), and leave it as it was."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_lr_schedules_step_per_batch_and_restore(schedule):
     param = torch.nn.Parameter(torch.zeros(1))
