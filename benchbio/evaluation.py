@@ -25,7 +25,8 @@ from .instances import is_stack
 from .overlap import Overlap, overlap, sequential_labels, stack_nonempty
 from .registry import METRICS
 
-__all__ = ["Metric", "ImagePair", "EvalResult", "evaluate", "DEFAULT_METRICS"]
+__all__ = ["Metric", "ImagePair", "EvalResult", "evaluate", "DEFAULT_METRICS", "metric_producing",
+           "metric_keys"]
 
 DEFAULT_METRICS = ("sbd", "dic", "fg_bg_dice")
 
@@ -223,6 +224,20 @@ def _optional(seq: Sequence | None, n: int, what: str) -> list:
     if len(seq) != n:
         raise BenchbioError(f"{len(seq)} {what} for {n} images; give one per image")
     return list(seq)
+
+
+def metric_producing(key: str) -> tuple[str, Metric] | None:
+    """The metric plugin (name and instance) whose results include ``key``, or None."""
+    for name in METRICS.names():
+        metric = METRICS.create(name)
+        if key in metric.keys:
+            return name, metric
+    return None
+
+
+def metric_keys() -> set[str]:
+    """Every result key some metric plugin produces (``sbd``, ``ap50``, ...)."""
+    return {key for name in METRICS.names() for key in METRICS.create(name).keys}
 
 
 def create_metrics(names: Sequence[str]) -> list[Metric]:

@@ -32,12 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .errors import BenchbioError, DataError
 from .method import Method
-from .nets import PositionMaps
+from .nets import PositionMaps, divisor_of, pad_to_divisor
 from .registry import METHODS
 from .training import resolve_device
 
@@ -72,7 +71,7 @@ class Predictor:
     @property
     def divisor(self) -> int:
         """Input sizes must be multiples of this (the U-Net's total downsampling)."""
-        return int(getattr(self.model, "divisor", 32))
+        return divisor_of(self.model)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -192,17 +191,6 @@ def _kept(starts: list[int], window: int, size: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def _pad_to_divisor(image: torch.Tensor, divisor: int) -> torch.Tensor:
-    """Pad ``(C, H, W)`` at the bottom/right to multiples of ``divisor``, as
-    :func:`benchbio.training.predict` does (reflect where the image is large enough)."""
-    h, w = image.shape[-2:]
-    ph, pw = (-h) % divisor, (-w) % divisor
-    if not (ph or pw):
-        return image
-    mode = "reflect" if min(h, w) > max(ph, pw) else "constant"
-    return F.pad(image[None], (0, pw, 0, ph), mode=mode)[0]
-
-
 @torch.no_grad()
 def forward_tiled(
     model: torch.nn.Module, image: np.ndarray | torch.Tensor, device: torch.device, *,
@@ -215,9 +203,9 @@ def forward_tiled(
     ``batch_size`` windows per forward pass.
     """
     model.eval()
-    divisor = int(getattr(model, "divisor", 32))
+    divisor = divisor_of(model)
     x = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
-    x = _pad_to_divisor(x.float(), divisor)
+    x = pad_to_divisor(x.float(), divisor)
     h, w = image.shape[-2:]
     hp, wp = x.shape[-2:]
     tile = max(divisor, tile // divisor * divisor)
@@ -396,7 +384,7 @@ def predict_files(
 
 
 def _partner(folder: Path, stem: str) -> Path:
-    for suffix in (".tif", ".tiff", ".png"):
+    for suffix in INPUT_SUFFIXES:
         if (folder / f"{stem}{suffix}").is_file():
             return folder / f"{stem}{suffix}"
     raise DataError(f"no foreground mask {stem}.tif/.png in {folder}")

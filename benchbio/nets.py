@@ -18,7 +18,27 @@ from torch import nn
 
 from .errors import BenchbioError
 
-__all__ = ["PositionMaps", "CoordMaps", "AugmentedConv", "UNet", "build_unet", "pixel_centres"]
+__all__ = ["PositionMaps", "CoordMaps", "AugmentedConv", "UNet", "build_unet", "pixel_centres",
+           "divisor_of", "pad_to_divisor"]
+
+
+def divisor_of(model: nn.Module) -> int:
+    """Input sides must be multiples of this: the network's total downsampling (32 for a
+    model that does not say)."""
+    return int(getattr(model, "divisor", 32))
+
+
+def pad_to_divisor(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Pad ``(..., H, W)`` at the bottom and right to multiples of ``divisor``: by
+    reflection where the image is large enough, else with zeros. Crop the output back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if not (ph or pw):
+        return x
+    mode = "reflect" if min(h, w) > max(ph, pw) else "constant"
+    batched = x if x.ndim == 4 else x[None]
+    padded = F.pad(batched, (0, pw, 0, ph), mode=mode)
+    return padded if x.ndim == 4 else padded[0]
 
 
 def pixel_centres(size: int, stride: int, device=None, dtype=torch.float32) -> torch.Tensor:

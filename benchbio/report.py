@@ -29,15 +29,15 @@ OUTPUT_FILES = ("table.md", "table.csv", "table.tex", "figure.png")
 
 def metric_direction(key: str) -> str:
     """``higher``, ``lower`` or ``zero`` (signed: best at 0), from the metric plugins."""
-    from .registry import METRICS
+    from .evaluation import metric_producing
 
-    for name in METRICS.names():
-        metric = METRICS.create(name)
-        if key in metric.keys:
-            if key in metric.signed:
-                return "zero"
-            return "lower" if key in metric.lower_is_better else "higher"
-    return "higher"
+    found = metric_producing(key)
+    if found is None:
+        return "higher"
+    metric = found[1]
+    if key in metric.signed:
+        return "zero"
+    return "lower" if key in metric.lower_is_better else "higher"
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Any
 import submitit
 
 from .errors import BenchbioError
+from .evaluation import metric_keys
 from .training import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -185,12 +186,6 @@ def _per_plugin(path: Path, data: dict, key: str, names: list[str]) -> dict[str,
     return out
 
 
-def _metric_keys() -> set[str]:
-    from .registry import METRICS
-
-    return {key for name in METRICS.names() for key in METRICS.create(name).keys}
-
-
 def _references(path: Path, data: dict) -> tuple[list[Reference], str]:
     table = _table(path, data, "references", "")
     _check_keys(path, table, ("source", "rows"), "[references] ")
@@ -198,7 +193,7 @@ def _references(path: Path, data: dict) -> tuple[list[Reference], str]:
     rows = table.get("rows", [])
     if not isinstance(rows, list):
         raise _fail(path, "[references] rows must be an array of tables ([[references.rows]])")
-    known = _metric_keys()
+    known = metric_keys()
     out = []
     for i, row in enumerate(rows, start=1):
         where = f"[[references.rows]] #{i}"
@@ -248,7 +243,7 @@ def load_spec(path: str | os.PathLike) -> Spec:
     metrics = study.get("metrics", [])
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
         raise _fail(path, "[study] metrics must be a list of metric keys, e.g. ['sbd']")
-    known = _metric_keys()
+    known = metric_keys()
     for key in metrics:
         if key not in known:
             raise _fail(path, f"[study] metrics: unknown metric key {key!r}; metric keys: "

@@ -46,6 +46,7 @@ from .data import InstanceDataset, Sample
 from .errors import BenchbioError, DataError
 from .instances import crop_instances, is_stack, relabel
 from .method import Method
+from .nets import divisor_of, pad_to_divisor
 from .registry import DATASETS, METHODS
 
 __all__ = [
@@ -202,10 +203,6 @@ class CropDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------- inference
-def _divisor(model: torch.nn.Module) -> int:
-    return int(getattr(model, "divisor", 32))
-
-
 @torch.no_grad()
 def predict(
     method: Method, model: torch.nn.Module, image: np.ndarray, device: torch.device,
@@ -214,12 +211,9 @@ def predict(
     """Label image for one ``(C, H, W)`` image: pad to the network's divisor, forward,
     crop back, post-process with the method (and the protocol's fg mask, if given)."""
     model.eval()
-    c, h, w = image.shape
-    d = _divisor(model)
-    ph, pw = (-h) % d, (-w) % d
+    h, w = image.shape[-2:]
     x = torch.from_numpy(np.ascontiguousarray(image)).float()[None].to(device)
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+    x = pad_to_divisor(x, divisor_of(model))
     with torch.autocast(device.type, enabled=device.type == "cuda"):
         out = model(x)[0, :, :h, :w].float()
     return method.postprocess(out, fg, min_area)
@@ -341,6 +335,7 @@ def train(
     val_samples = samples.get("val") or list(dataset.split("val"))
     test_samples = dataset.split("test")
     min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
+    val_metrics = [_metric_of(dataset.val_metric)]
     state = None
     if resume and (checkpoints / LAST).is_file():
         state = load_checkpoint(checkpoints / LAST)
@@ -348,7 +343,7 @@ def train(
     else:
         method.fit(train_samples, seed=config.seed, log=log)
     model = method.build_model(dataset.in_channels).to(device)
-    d = _divisor(model)
+    d = divisor_of(model)
     crop = int(math.ceil(config.crop_size / d) * d)
     crops = CropDataset(train_samples, method, crop, config.scale, config.seed, dataset.fg_at_test)
     batch_size = min(config.batch_size, len(crops))
@@ -436,8 +431,7 @@ def train(
         if (epoch + 1) % config.val_every == 0 or epoch == config.epochs - 1:
             preds = predict_samples(method, model, val_samples, device,
                                     fg_at_test=dataset.fg_at_test, min_area=min_area, desc="val")
-            val = evaluate_samples(preds, val_samples, [_metric_of(dataset.val_metric)],
-                                   dataset.eval_tile).mean
+            val = evaluate_samples(preds, val_samples, val_metrics, dataset.eval_tile).mean
             figures.update({f"val_{key}": float(value) for key, value in val.items()})
             score = float(val[dataset.val_metric])
             if score > progress.best_val:
@@ -476,13 +470,12 @@ def train(
 
 def _metric_of(key: str) -> str:
     """The metric plugin that produces result ``key`` (e.g. ``ap`` -> ``coco``)."""
-    from .registry import METRICS
+    from .evaluation import metric_producing
 
-    for name in METRICS.names():
-        metric = METRICS.create(name)
-        if key in getattr(metric, "keys", ()):
-            return name
-    raise BenchbioError(f"no metric plugin produces {key!r}; see `benchbio list metrics`")
+    found = metric_producing(key)
+    if found is None:
+        raise BenchbioError(f"no metric plugin produces {key!r}; see `benchbio list metrics`")
+    return found[0]
 
 
 def _overview(samples: Sequence[Sample], preds: Sequence[np.ndarray], path: Path, n: int = 4):
@@ -586,21 +579,26 @@ def _check_same_config(run_id: str, saved: dict[str, Any], now: dict[str, Any]) 
         )
 
 
+def _saved_run(prior: Any) -> dict[str, Any]:
+    """What a run wrote into its checkpoint folder before training (``run.json``)."""
+    folder = Path(prior.data.tags[CHECKPOINT_TAG])
+    try:
+        return json.loads((folder / RUN_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchbioError(
+            f"cannot read the configuration of run {prior.info.run_id} in {folder} "
+            f"({exc.strerror if isinstance(exc, OSError) else exc}); was the checkpoint "
+            "folder moved or deleted? The run cannot be resumed; start a new one"
+        ) from None
+
+
 def resume_config(which: str, experiment: str | None = None) -> tuple[RunConfig, str]:
     """The configuration and id of the run ``which`` (a run id or ``last``) to resume."""
     from .tracking import check_tracking_store, find_run
 
     check_tracking_store()
     prior = find_run(which, experiment)
-    folder = Path(prior.data.tags[CHECKPOINT_TAG])
-    try:
-        saved = json.loads((folder / RUN_CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise BenchbioError(
-            f"cannot read the configuration of run {prior.info.run_id} in {folder} "
-            f"({exc.strerror if isinstance(exc, OSError) else exc}); was the checkpoint "
-            "folder moved or deleted?"
-        ) from None
+    saved = _saved_run(prior)
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in saved["config"].items() if k in fields})
     config.scale = tuple(config.scale)
@@ -649,10 +647,7 @@ def run(
     if prior is not None:
         experiment = mlflow.MlflowClient().get_experiment(prior.info.experiment_id).name
         folder: Path | None = Path(prior.data.tags[CHECKPOINT_TAG])
-        if not (folder / RUN_CONFIG).is_file():
-            raise BenchbioError(f"the checkpoint folder {folder} of run {prior.info.run_id} "
-                                "is gone; the run cannot be resumed, start a new one")
-        saved = json.loads((folder / RUN_CONFIG).read_text())
+        saved = _saved_run(prior)
         _check_same_config(prior.info.run_id, saved["resolved"], json.loads(
             json.dumps(resolved, default=str)))
         check_writable(folder, "checkpoint folder", "fix its permissions")
