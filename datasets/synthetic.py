@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from benchbio.data import InstanceDataset, LazySamples, Sample
+from benchbio.errors import BenchbioError
 from benchbio.registry import register_dataset
 
 __all__ = ["make_cells", "make_worms", "synthetic_cells", "synthetic_worms"]
@@ -25,19 +26,29 @@ _SPLIT_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}
 
 def make_cells(
     seed: int, size: int = 128, spacing: float = 15.0, keep: float = 0.8,
-    radius: tuple[float, float] = (7.5, 10.5),
+    radius: tuple[float, float] = (7.5, 10.5), tissue: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image ``(1, size, size)`` float32 and its label image (0 = background).
 
     Cell centres sit on a jittered grid (``spacing`` pixels), each kept with probability
     ``keep``; a cell is an ellipse with semi-axes drawn from ``radius``, and touching
     ellipses split their overlap by the nearer centre (in ellipse-normalised distance).
+    With ``tissue < 1`` only centres inside the top ``tissue`` fraction of a smooth random
+    field (Gaussian, sigma 10 px) are kept: clumps of touching cells with gaps between
+    them. ``tissue=1`` is a carpet of cells over the whole image.
     """
+    if not 0.0 < tissue <= 1.0:
+        raise ValueError(f"tissue={tissue}: the covered fraction must be in (0, 1]")
     rng = np.random.default_rng(seed)
     n = int(np.ceil(size / spacing)) + 1
     gy, gx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     centres = np.stack([gy.ravel(), gx.ravel()], 1) * spacing + rng.uniform(-4, 4, (n * n, 2))
-    centres = centres[rng.random(len(centres)) < keep]
+    kept = rng.random(len(centres)) < keep
+    if tissue < 1.0:  # drawn after the grid, so tissue=1 images stay what they were
+        field = ndi.gaussian_filter(rng.normal(0, 1, (size, size)), 10.0, mode="wrap")
+        at = np.clip(np.round(centres).astype(int), 0, size - 1)
+        kept &= field[at[:, 0], at[:, 1]] > np.quantile(field, 1.0 - tissue)
+    centres = centres[kept]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     best = np.full((size, size), np.inf, np.float32)
     labels = np.zeros((size, size), np.int32)
@@ -112,12 +123,13 @@ def _split_samples(make, prefix: str, seed: int, split: str, count: int, fg_inpu
 
 def _generated(
     name: str, make, fg_input: bool, metrics: tuple[str, ...], description: str,
-    seed: int, counts: dict[str, int], size: int,
+    seed: int, counts: dict[str, int], **make_options,
 ) -> InstanceDataset:
-    """An InstanceDataset whose splits are generated lazily from ``make(seed)``."""
+    """An InstanceDataset whose splits are generated lazily from
+    ``make(seed, **make_options)``."""
     prefix = name.removeprefix("synthetic-")
     splits = {
-        k: _split_samples(lambda s: make(s, size=size), prefix, seed, k, n, fg_input)
+        k: _split_samples(lambda s: make(s, **make_options), prefix, seed, k, n, fg_input)
         for k, n in counts.items()
     }
     return InstanceDataset(
@@ -128,7 +140,7 @@ def _generated(
         val_metric="sbd",
         fg_at_test=fg_input,
         min_area=20,
-        options={"seed": seed, **{f"n_{k}": n for k, n in counts.items()}, "size": size},
+        options={"seed": seed, **{f"n_{k}": n for k, n in counts.items()}, **make_options},
         description=description,
     )
 
@@ -136,14 +148,20 @@ def _generated(
 @register_dataset("synthetic-cells")
 def synthetic_cells(
     data_dir: str | None = None, seed: int = 0, n_train: int = 48, n_val: int = 8,
-    n_test: int = 16, size: int = 128,
+    n_test: int = 16, size: int = 128, tissue: float = 1.0,
 ) -> InstanceDataset:
-    """Densely packed textured cells, generated (no download); CVPPP-style scoring."""
+    """Densely packed textured cells, generated (no download); CVPPP-style scoring.
+
+    ``tissue`` is the fraction of the image the cells may cover (1: a carpet of about 67
+    cells per 128x128 image; 0.3: clumps, about 21 cells, near CVPPP A1's 16 leaves).
+    """
     del data_dir  # generated, nothing on disk
+    if not 0.0 < tissue <= 1.0:
+        raise BenchbioError(f"synthetic-cells: tissue={tissue} must be in (0, 1]")
     return _generated(
         "synthetic-cells", make_cells, False, ("sbd", "dic", "fg_bg_dice", "dsb_accuracy"),
         "densely packed textured cell-like instances, generated from a seed",
-        seed, {"train": n_train, "val": n_val, "test": n_test}, size,
+        seed, {"train": n_train, "val": n_val, "test": n_test}, size=size, tissue=tissue,
     )
 
 
@@ -157,5 +175,5 @@ def synthetic_worms(
     return _generated(
         "synthetic-worms", make_worms, True, ("coco", "sbd", "dsb_accuracy"),
         "overlapping worm-like instances (mask stacks) from a binary image",
-        seed, {"train": n_train, "val": n_val, "test": n_test}, size,
+        seed, {"train": n_train, "val": n_val, "test": n_test}, size=size,
     )
