@@ -40,7 +40,7 @@ def _options(pairs: list[str]) -> dict:
 
 def train(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
-    ds = DATASETS.create("synthetic-cells")
+    ds = DATASETS.create("synthetic-cells", tissue=a.tissue)
     m = METHODS.create(a.method, **_options(a.set))
     train_samples, test = list(ds.split("train")), list(ds.split("test"))
     t0 = time.time()
@@ -97,7 +97,7 @@ def train(a: argparse.Namespace) -> dict:
 
 
 def noise(a: argparse.Namespace) -> list[dict]:
-    ds = DATASETS.create("synthetic-cells")
+    ds = DATASETS.create("synthetic-cells", tissue=a.tissue)
     m = METHODS.create("harmonic")
     m.fit(list(ds.split("train")), seed=a.seed)
     test = list(ds.split("test"))[: a.images]
@@ -139,6 +139,8 @@ def main() -> None:
     n.add_argument("--images", type=int, default=8)
     for q in (t, n):
         q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--tissue", type=float, default=1.0,
+                       help="synthetic-cells' tissue option (1: carpet, 0.3: clumps)")
     a = p.parse_args()
     torch.set_num_threads(getattr(a, "threads", 1) if a.what == "train" else 1)
     out = train(a) if a.what == "train" else noise(a)
