@@ -1,6 +1,6 @@
 """Why the harmonic method misses SBD >= 0.85 in five CPU minutes on synthetic-cells.
 
-Two diagnostics behind ``results/synthetic-cells-cpu-budget/README.md``:
+Three diagnostics behind ``results/synthetic-cells-cpu-budget/README.md``:
 
 ``train``: a fixed number of Adam steps of a method on synthetic-cells through the
 harness's own crop pipeline (``CropDataset``), method hooks and scorer, then the test SBD
@@ -8,12 +8,16 @@ under several mean-shift settings and the test L1 error split into cell interior
 boundaries and background. Step-based (not epoch-based) so that variants of different
 speed are compared at the same number of updates.
 
+``steptime``: where one training step's time goes (batch building, forward, backward,
+Adam), in the default and the channels-last memory format.
+
 ``noise``: the ground-truth targets plus Gaussian noise (i.i.d. or spatially smoothed),
 clustered as at test time: how accurate the network must be for mean-shift to work.
 
     python benchmarks/harmonic_cpu_budget.py train --lr 1e-2 --sched onecycle \\
         --set width=16 kernel_size=7 --tag k7
     python benchmarks/harmonic_cpu_budget.py noise
+    python benchmarks/harmonic_cpu_budget.py steptime
 """
 
 from __future__ import annotations
@@ -122,6 +126,44 @@ def noise(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def steptime(a: argparse.Namespace) -> dict:
+    """Seconds of one training step split into batch building, forward, backward and
+    Adam, in the default and in the channels-last memory format (median of ``a.repeat``)."""
+    seed_everything(a.seed)
+    ds = DATASETS.create("synthetic-cells", tissue=a.tissue)
+    m = METHODS.create(a.method, **_options(a.set))
+    train_samples = list(ds.split("train"))
+    m.fit(train_samples, seed=a.seed)
+    crops = CropDataset(train_samples, m, a.crop, (0.8, 1.25), a.seed, False)
+    t0 = time.perf_counter()
+    batches = list(DataLoader(crops, batch_size=a.bs, drop_last=True))
+    result: dict = {"batch_s": round((time.perf_counter() - t0) / len(batches), 4)}
+    for layout in ("contiguous", "channels_last"):
+        model = m.build_model(1)
+        image = batches[0]["image"]
+        targets = {k: v for k, v in batches[0].items() if k != "image"}
+        if layout == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            image = image.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+        times: list[tuple[float, float, float]] = []
+        for i in range(a.repeat + 3):  # three warm-up steps
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            loss = m.loss(model(image), targets)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            t3 = time.perf_counter()
+            if i >= 3:
+                times.append((t1 - t0, t2 - t1, t3 - t2))
+        fwd, bwd, step = (round(float(np.median(c)), 4) for c in zip(*times))
+        result[layout] = {"forward_s": fwd, "backward_s": bwd, "adam_s": step,
+                          "step_s": round(fwd + bwd + step, 4)}
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -135,17 +177,27 @@ def main() -> None:
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     t.add_argument("--threads", type=int, default=torch.get_num_threads())
     t.add_argument("--tag", default="")
+    s = sub.add_parser("steptime")
+    s.add_argument("--method", default="harmonic")
+    s.add_argument("--bs", type=int, default=16)
+    s.add_argument("--crop", type=int, default=64)
+    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--set", nargs="*", default=["width=16", "kernel_size=3"],
+                   metavar="KEY=VALUE")
+    s.add_argument("--repeat", type=int, default=10)
     n = sub.add_parser("noise")
     n.add_argument("--images", type=int, default=8)
-    for q in (t, n):
+    for q in (t, n, s):
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--tissue", type=float, default=1.0,
                        help="synthetic-cells' tissue option (1: carpet, 0.3: clumps)")
     a = p.parse_args()
-    torch.set_num_threads(getattr(a, "threads", 1) if a.what == "train" else 1)
-    out = train(a) if a.what == "train" else noise(a)
-    if a.what == "train":
-        print(json.dumps(out), flush=True)
+    if a.what != "steptime":  # steptime: torch's default, as `benchbio run`
+        torch.set_num_threads(a.threads if a.what == "train" else 1)
+    if a.what == "noise":
+        noise(a)
+    else:
+        print(json.dumps(train(a) if a.what == "train" else steptime(a)), flush=True)
 
 
 if __name__ == "__main__":
