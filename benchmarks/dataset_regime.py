@@ -14,8 +14,8 @@ import argparse
 
 import numpy as np
 
+from benchbio.commands.run import parse_assignments
 from benchbio.instances import to_stack
-from benchbio.method import parse_option_value
 from benchbio.registry import DATASETS
 
 
@@ -23,8 +23,7 @@ def regime(name: str, data_dir: str | None, images: int) -> dict[str, float]:
     """Median/mean objects per image, median equivalent diameter over the image's
     geometric-mean side, and mean foreground share of the first ``images`` train images."""
     dataset_name, _, opts = name.partition(":")
-    options = {k: parse_option_value(v)
-               for k, _, v in (o.partition("=") for o in opts.split(",") if o)}
+    options = parse_assignments(tuple(o for o in opts.split(",") if o), "option")
     ds = DATASETS.create(dataset_name, data_dir=data_dir, **options)
     counts, diameters, fg = [], [], []
     for sample in list(ds.split("train"))[:images]:

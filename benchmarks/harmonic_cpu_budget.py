@@ -33,13 +33,13 @@ from skimage.segmentation import find_boundaries
 from torch.utils.data import DataLoader
 
 from benchbio.cluster import embeddings_to_labels
-from benchbio.method import parse_option_value
+from benchbio.commands.run import parse_assignments
 from benchbio.registry import DATASETS, METHODS
 from benchbio.training import CropDataset, evaluate_samples, seed_everything
 
 
 def _options(pairs: list[str]) -> dict:
-    return {k: parse_option_value(v) for k, _, v in (p.partition("=") for p in pairs)}
+    return parse_assignments(tuple(pairs), "--set")
 
 
 def train(a: argparse.Namespace) -> dict:

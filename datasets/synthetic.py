@@ -37,8 +37,7 @@ def make_cells(
     field (Gaussian, sigma 10 px) are kept: clumps of touching cells with gaps between
     them. ``tissue=1`` is a carpet of cells over the whole image.
     """
-    if not 0.0 < tissue <= 1.0:
-        raise ValueError(f"tissue={tissue}: the covered fraction must be in (0, 1]")
+    _check_tissue(tissue)
     rng = np.random.default_rng(seed)
     n = int(np.ceil(size / spacing)) + 1
     gy, gx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
@@ -71,6 +70,12 @@ def make_cells(
     image[find_boundaries(labels, mode="inner") & fg] *= 0.45
     image = ndi.gaussian_filter(image, 0.8) + rng.normal(0, 0.04, (size, size))
     return np.clip(image, 0, 1).astype(np.float32)[None], labels
+
+
+def _check_tissue(tissue: float) -> None:
+    if not 0.0 < tissue <= 1.0:
+        raise BenchbioError(f"synthetic-cells: tissue={tissue} must be in (0, 1] (the "
+                            "fraction of the image cells may cover)")
 
 
 def _relabel_min_area(labels: np.ndarray, min_area: int) -> np.ndarray:
@@ -156,8 +161,7 @@ def synthetic_cells(
     cells per 128x128 image; 0.3: clumps, about 21 cells, near CVPPP A1's 16 leaves).
     """
     del data_dir  # generated, nothing on disk
-    if not 0.0 < tissue <= 1.0:
-        raise BenchbioError(f"synthetic-cells: tissue={tissue} must be in (0, 1]")
+    _check_tissue(tissue)  # now, not when the first image is generated
     return _generated(
         "synthetic-cells", make_cells, False, ("sbd", "dic", "fg_bg_dice", "dsb_accuracy"),
         "densely packed textured cell-like instances, generated from a seed",
