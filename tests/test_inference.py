@@ -18,7 +18,6 @@ from benchbio.inference import (
     window_starts,
 )
 from benchbio.nets import CoordMaps, PlainEncoder, UNet
-from benchbio.training import predict
 
 CPU = torch.device("cpu")
 
@@ -126,17 +125,6 @@ def test_tiled_prediction_equals_whole_image_prediction(name):
     assert whole.max() == tiled.max() == labels.max()
     assert adjusted_rand_score(labels.ravel(), whole.ravel()) == 1.0
     assert adjusted_rand_score(whole.ravel(), tiled.ravel()) == 1.0
-
-
-def test_whole_image_path_equals_training_predict():
-    method = benchbio.create_method("harmonic", n_guides=3, width=4, kernel_size=3)
-    method.load_state({"guides": _guides(3).to_json()})
-    torch.manual_seed(0)
-    model = method.build_model(1).eval()
-    image = np.random.default_rng(3).random((1, 70, 90)).astype(np.float32)
-    expected = predict(method, model, image, CPU)
-    got = predict_image(Predictor(method, model, CPU, in_channels=1), image, tile=512)
-    assert np.array_equal(expected, got)
 
 
 def test_embedseg_unflip_maps_the_flipped_ideal_output_back():
