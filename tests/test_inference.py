@@ -17,7 +17,7 @@ from benchbio.inference import (
     predict_image,
     window_starts,
 )
-from benchbio.nets import CoordMaps, PlainEncoder, UNet
+from benchbio.nets import CoordMaps, PlainEncoder, UNet, divisor_of, pad_to_divisor
 
 CPU = torch.device("cpu")
 
@@ -70,6 +70,20 @@ def test_tiled_network_output_equals_whole_image_output(position):
         with position_origins(net, None):
             blind = _tiles_without_origins(net, image)
         assert not torch.allclose(whole[:, 24:48, 24:48], blind[:, 24:48, 24:48], atol=1e-2)
+
+
+@pytest.mark.parametrize("position", ["sinconv", "coordconv", "none"])
+def test_one_window_equals_the_plain_whole_image_forward_bit_for_bit(position):
+    """Validation and test during training use ``tile=None``: for any image size the same
+    numbers as the network on the padded whole image, so training figures do not move."""
+    maps = {"sinconv": GuideMaps(_guides()), "coordconv": CoordMaps(64, 64), "none": None}
+    net = _small_unet(maps[position])
+    image = np.random.default_rng(2).random((1, 118, 101)).astype(np.float32)
+    with torch.no_grad():
+        plain = net(pad_to_divisor(torch.from_numpy(image)[None], divisor_of(net)))[0]
+    one_window = forward_tiled(net, image, CPU, tile=None, overlap=0)
+    assert torch.equal(one_window, plain[:, :118, :101])
+    assert not torch.equal(forward_tiled(net, image, CPU, tile=48, overlap=8), one_window)
 
 
 def _tiles_without_origins(net, image):
