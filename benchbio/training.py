@@ -189,8 +189,8 @@ def predict_samples(
     """Predictions for every sample of a split, with a progress bar: the forward of
     :func:`benchbio.inference.forward_tiled` over the whole image as one window (what
     whole-image prediction computes), post-processed by the method."""
-    predictor = Predictor(method, model, device, in_channels=0, min_area=min_area,
-                          fg_at_test=fg_at_test)
+    in_channels = samples[0].image.shape[0] if len(samples) else 0
+    predictor = Predictor(method, model, device, in_channels, min_area, fg_at_test)
     return [
         predict_image(predictor, s.image, s.fg if fg_at_test else None, tile=None)
         for s in tqdm(samples, desc=desc, leave=False, disable=None)
