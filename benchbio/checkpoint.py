@@ -48,7 +48,7 @@ __all__ = [
     "check_writable",
     "save_atomic",
     "write_json_atomic",
-    "load_checkpoint",
+    "read_checkpoint",
     "rng_state",
     "set_rng_state",
     "run_lock",
@@ -139,8 +139,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     _write_atomic(path, lambda fh: fh.write(text))
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`save_atomic`, with a clear error if unreadable."""
+def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The dict a checkpoint written by :func:`save_atomic` holds, with a clear error if
+    unreadable (:func:`benchbio.inference.load_checkpoint` rebuilds a model from one)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except (OSError, RuntimeError, EOFError, ValueError) as exc:

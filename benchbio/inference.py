@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 from .errors import BenchbioError, DataError
 from .method import Method
 from .nets import PositionMaps, divisor_of, pad_to_divisor
+from .progress import ProgressLines
 from .registry import METHODS
-from .training import resolve_device
+from .runtime import resolve_device
 
 __all__ = [
     "Predictor",
@@ -194,13 +195,14 @@ def _kept(starts: list[int], window: int, size: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def forward_tiled(
     model: torch.nn.Module, image: np.ndarray | torch.Tensor, device: torch.device, *,
-    tile: int = 512, overlap: int = 128, batch_size: int = 4,
+    tile: int | None = 512, overlap: int = 128, batch_size: int = 4,
 ) -> torch.Tensor:
     """The network's ``(C_out, H, W)`` output for one ``(C, H, W)`` image, on the CPU.
 
     Images up to ``tile`` pixels a side are one window (exactly whole-image prediction);
     larger ones are cut into ``tile``-sized windows overlapping by ``overlap`` pixels,
-    ``batch_size`` windows per forward pass.
+    ``batch_size`` windows per forward pass. ``tile=None``: the whole image is one
+    window, whatever its size (validation and test during training).
     """
     model.eval()
     divisor = divisor_of(model)
@@ -208,7 +210,7 @@ def forward_tiled(
     x = pad_to_divisor(x.float(), divisor)
     h, w = image.shape[-2:]
     hp, wp = x.shape[-2:]
-    tile = max(divisor, tile // divisor * divisor)
+    tile = max(divisor, (tile or max(hp, wp)) // divisor * divisor)
     th, tw = min(tile, hp), min(tile, wp)
     ys, xs = window_starts(hp, th, overlap, divisor), window_starts(wp, tw, overlap, divisor)
     keep_y, keep_x = _kept(ys, th, hp), _kept(xs, tw, wp)
@@ -233,7 +235,7 @@ def forward_tiled(
 
 def predict_image(
     predictor: Predictor, image: np.ndarray, fg: np.ndarray | None = None, *,
-    tile: int = 512, overlap: int = 128, batch_size: int = 4, flip: bool = False,
+    tile: int | None = 512, overlap: int = 128, batch_size: int = 4, flip: bool = False,
     min_area: int | None = None, timings: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Label image (0 = background) for one ``(C, H, W)`` image.
@@ -344,6 +346,7 @@ def predict_files(
     Refuses, before any work, when an output exists and ``overwrite`` is False. An input
     that cannot be read or predicted is reported through ``on_error(path, message)`` and
     recorded; the others are still written. ``options`` go to :func:`predict_image`.
+    Without a terminal on stdout, one plain line per image reports progress.
     """
     from .io import read_image, write_labels
 
@@ -357,6 +360,7 @@ def predict_files(
             "another --out"
         )
     report = PredictReport()
+    lines = ProgressLines("image", len(inputs))
     for path in tqdm(inputs, desc="predict", unit="image", disable=None):
         try:
             image = read_input(path, predictor.in_channels)
@@ -373,6 +377,7 @@ def predict_files(
             report.failed.append((path, message))
             if on_error is not None:
                 on_error(path, message)
+            lines.step(f"{path.name} failed")
             continue
         label_path, *overlay_path = targets[path]
         write_labels(label_path, labels)
@@ -380,6 +385,7 @@ def predict_files(
         if overlay_path:
             _write_overlay(overlay_path[0], image, labels)
             report.written.append(overlay_path[0])
+        lines.step(f"{path.name} -> {label_path.name}")
     return report
 
 

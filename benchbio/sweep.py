@@ -601,15 +601,18 @@ def run_cells(
     cells: Sequence[Cell], options: ExecutorOptions, tracking_uri: str, *,
     wait: bool = True, poll_s: float = 2.0,
     on_outcome: Callable[[Outcome], None] | None = None,
+    on_start: Callable[[Cell], None] | None = None,
 ) -> list[Outcome]:
     """Run cells through submitit, at most one per slot at a time; one code path for
-    every executor. Returns the outcome of each cell in the order they ended."""
+    every executor. Returns the outcome of each cell in the order they ended.
+    ``on_start(cell)`` is called when a cell is submitted, ``on_outcome`` when it ends."""
     executor, slots = make_executor(options)
     threads = None
     if options.kind == "local" and not options.gpus:
         threads = max(1, (os.cpu_count() or 1) // max(1, options.jobs))
     job = CellJob(absolute_tracking_uri(tracking_uri), threads)
     report = on_outcome or (lambda _: None)
+    started = on_start or (lambda _: None)
     pending = list(cells)
     running: list[tuple[Any, Cell, int | None, int]] = []  # job, cell, slot, since ms
     outcomes: list[Outcome] = []
@@ -620,11 +623,14 @@ def run_cells(
                 since = int(time.time() * 1000)
                 running += [(j, c, None, since)
                             for j, c in zip(_submit(executor, job, pending, None), pending)]
+                for cell in pending:
+                    started(cell)
                 pending = []
             while pending and free:
                 slot, cell = free.pop(0), pending.pop(0)
                 [submitted] = _submit(executor, job, [cell], slots[slot])
                 running.append((submitted, cell, slot, int(time.time() * 1000)))
+                started(cell)
             if not wait:
                 for submitted, cell, _, _ in running:
                     outcomes.append(Outcome(cell, "SUBMITTED", job_id=str(submitted.job_id)))

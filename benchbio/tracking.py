@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import random
 import subprocess
@@ -27,6 +28,10 @@ __all__ = [
     "logged_steps",
     "flatten",
     "git_commit",
+    "run_tags",
+    "log_run_start",
+    "metric_logger",
+    "log_run_outputs",
 ]
 
 #: Run statuses that ``--resume`` accepts: the run did not end normally.
@@ -279,3 +284,69 @@ def logged_steps(run_id: str) -> set[tuple[str, int]]:
     run = client.get_run(run_id)
     return {(key, m.step) for key in run.data.metrics
             for m in client.get_metric_history(run_id, key)}
+
+
+# ---------------------------------------------------------------------------- one run's records
+def run_tags(base: dict[str, str], extra: dict[str, str] | None, prior: Any = None
+             ) -> dict[str, str]:
+    """The tags a run is started or resumed with.
+
+    A new run gets ``base`` (method, dataset, seed, device), ``git_commit`` and ``extra``
+    (e.g. a sweep's study and config hash). A resumption of the run ``prior`` keeps the
+    original tags and adds ``extra``, the count ``resumes``, the commit and device it
+    continues on (``resumed_git_commit``, ``resumed_device``) and the failure it recovers
+    from (``previous_failure_reason``).
+    """
+    commit = git_commit()
+    if prior is None:
+        return {**base, "git_commit": commit, **(extra or {})}
+    tags = {**(extra or {}), "resumes": str(int(prior.data.tags.get("resumes", "0")) + 1),
+            "resumed_git_commit": commit, "resumed_device": base["device"]}
+    if "failure_reason" in prior.data.tags:
+        tags["previous_failure_reason"] = prior.data.tags["failure_reason"][:5000]
+    return tags
+
+
+def log_run_start(checkpoints: Path, resolved: dict[str, Any], workdir: Path) -> None:
+    """What a new active run records before training: the ``checkpoint_dir`` tag, every
+    resolved option as params and ``config.json`` (written into ``workdir``)."""
+    from .checkpoint import CHECKPOINT_TAG
+
+    mlflow = _mlflow()
+    retrying(mlflow.set_tag)(CHECKPOINT_TAG, str(checkpoints))
+    retrying(mlflow.log_params)(flatten(resolved))
+    (workdir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+    retrying(mlflow.log_artifact)(str(workdir / "config.json"))
+
+
+def metric_logger(run_id: str, resumed: bool) -> Callable[[str, float, int], None]:
+    """``log(key, value, step)`` into the active run, each (key, step) once: a resumed
+    run skips the values it already has (the loop replays its figures on resume)."""
+    done = logged_steps(run_id) if resumed else set()
+    log_one = retrying(_mlflow().log_metric)
+
+    def log_metric(key: str, value: float, step: int) -> None:
+        if (key, step) not in done:
+            log_one(key, value, step=step)
+            done.add((key, step))
+
+    return log_metric
+
+
+def log_run_outputs(
+    workdir: Path, log_metric: Callable[[str, float, int], None], *, best_epoch: int,
+    seconds: float, per_image: dict[str, dict[str, float]], method_files: list[Path],
+) -> None:
+    """What a finished training adds to the active run: the metrics ``best_epoch`` and
+    ``run_seconds``; the artifacts ``checkpoint/best.pt`` and ``test_overlay.png`` (from
+    ``workdir``), the method's files under ``method/`` and ``test_per_image.json``."""
+    log_metric("best_epoch", best_epoch, 0)
+    log_metric("run_seconds", seconds, 0)
+    log_artifact = retrying(_mlflow().log_artifact)
+    log_artifact(str(workdir / "best.pt"), "checkpoint")
+    for path in method_files:
+        log_artifact(str(path), "method")
+    if (workdir / "test_overlay.png").exists():
+        log_artifact(str(workdir / "test_overlay.png"))
+    (workdir / "test_per_image.json").write_text(json.dumps(per_image, indent=2))
+    log_artifact(str(workdir / "test_per_image.json"))

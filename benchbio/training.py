@@ -35,31 +35,30 @@ from .checkpoint import (
     RunInterrupted,
     check_writable,
     checkpoint_folder,
-    load_checkpoint,
-    rng_state,
+    read_checkpoint,
     run_lock,
     save_atomic,
-    set_rng_state,
     write_json_atomic,
 )
 from .data import InstanceDataset, Sample
 from .errors import BenchbioError, DataError
+from .inference import Predictor, predict_image
 from .instances import crop_instances, is_stack, relabel
-from .method import Method
-from .nets import divisor_of, pad_to_divisor
+from .method import LogFn, Method
+from .nets import divisor_of
+from .progress import ProgressLines
 from .registry import DATASETS, METHODS
+from .runtime import device_name, resolve_device, seed_everything
+from .state import TrainState, check_lr_schedule
 
 __all__ = [
     "RunConfig",
     "RunResult",
     "CropDataset",
-    "resolve_device",
-    "predict",
     "predict_samples",
     "evaluate_samples",
+    "Trainer",
     "train",
-    "make_scheduler",
-    "LR_SCHEDULES",
     "preflight",
     "resume_config",
     "run",
@@ -98,31 +97,11 @@ class RunResult:
     best_val: float
     best_epoch: int
     seconds: float
-    checkpoint: Path | None = None  # the best validation checkpoint
-
-
-# ---------------------------------------------------------------------------- device
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchbioError(
-            f"--device {device} asked for, but no CUDA device is available on this machine; "
-            "use --device cpu or --device auto"
-        )
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise BenchbioError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch; deterministic kernels on CPU."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    #: Where the best validation weights are once :func:`run` returns: the MLflow artifact
+    #: ``runs:/<run id>/checkpoint/best.pt`` (load it with
+    #: :func:`benchbio.inference.load_run`); None for an untracked run, whose files are
+    #: deleted with its temporary folder.
+    checkpoint: str | None = None
 
 
 # ---------------------------------------------------------------------------- data
@@ -203,29 +182,17 @@ class CropDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------- inference
-@torch.no_grad()
-def predict(
-    method: Method, model: torch.nn.Module, image: np.ndarray, device: torch.device,
-    fg: np.ndarray | None = None, min_area: int = 0,
-) -> np.ndarray:
-    """Label image for one ``(C, H, W)`` image: pad to the network's divisor, forward,
-    crop back, post-process with the method (and the protocol's fg mask, if given)."""
-    model.eval()
-    h, w = image.shape[-2:]
-    x = torch.from_numpy(np.ascontiguousarray(image)).float()[None].to(device)
-    x = pad_to_divisor(x, divisor_of(model))
-    with torch.autocast(device.type, enabled=device.type == "cuda"):
-        out = model(x)[0, :, :h, :w].float()
-    return method.postprocess(out, fg, min_area)
-
-
 def predict_samples(
     method: Method, model: torch.nn.Module, samples: Sequence[Sample], device: torch.device,
     *, fg_at_test: bool, min_area: int, desc: str = "predict",
 ) -> list[np.ndarray]:
-    """Predictions for every sample of a split, with a progress bar."""
+    """Predictions for every sample of a split, with a progress bar: the forward of
+    :func:`benchbio.inference.forward_tiled` over the whole image as one window (what
+    whole-image prediction computes), post-processed by the method."""
+    in_channels = samples[0].image.shape[0] if len(samples) else 0
+    predictor = Predictor(method, model, device, in_channels, min_area, fg_at_test)
     return [
-        predict(method, model, s.image, device, s.fg if fg_at_test else None, min_area)
+        predict_image(predictor, s.image, s.fg if fg_at_test else None, tile=None)
         for s in tqdm(samples, desc=desc, leave=False, disable=None)
     ]
 
@@ -267,61 +234,174 @@ def evaluate_samples(
 
 
 # ---------------------------------------------------------------------------- training
-LR_SCHEDULES = ("constant", "cosine", "onecycle")
-
-
-def make_scheduler(
-    opt: torch.optim.Optimizer, schedule: str, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The learning-rate schedule, stepped after every batch: ``constant`` (the paper's
-    Adam), ``cosine`` (annealed to 0 over the run) or ``onecycle`` (warm-up to ``--lr``
-    over 30% of the steps, then annealed)."""
-    total_steps = max(1, total_steps)
-    if schedule == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    if schedule == "onecycle":
-        lr = opt.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
-    raise BenchbioError(f"unknown --lr-schedule {schedule!r}; use {', '.join(LR_SCHEDULES)}")
-
-
-@dataclass
-class _Progress:
-    """Where training stands: the next (epoch, batch) to run and what is known so far."""
-
-    epoch: int = 0
-    batch: int = 0
-    order: list[int] | None = None  # this epoch's shuffled indices once drawn
-    losses: list[float] = field(default_factory=list)  # this epoch's batch losses
-    best_val: float = -math.inf
-    best_epoch: int = -1
-    best_file: str | None = None
-    metrics: list[tuple[str, float, int]] = field(default_factory=list)  # all logged
-    elapsed: float = 0.0  # seconds spent by earlier attempts
-
-
 def _best_name(epoch: int) -> str:
     return f"best-epoch{epoch:04d}.pt"
 
 
+class Trainer:
+    """What the steps of one run's training share: its :class:`~benchbio.state.TrainState`,
+    the training crops, the device, the checkpoint folder, the figure logger and the stop
+    request. :func:`train` drives it: :meth:`train_epoch`, :meth:`validate` when due,
+    :meth:`end_epoch`, and :meth:`test` at the end (after torch-em's ``DefaultTrainer``:
+    ``fit`` -> ``_train_epoch_impl`` / ``_validate_impl``)."""
+
+    def __init__(
+        self, config: RunConfig, dataset: InstanceDataset, state: TrainState,
+        train_samples: Sequence[Sample], device: torch.device, checkpoints: Path, *,
+        log: LogFn, stop: GracefulStop | None = None,
+    ) -> None:
+        self.config, self.dataset, self.state, self.device = config, dataset, state, device
+        self.method, self.checkpoints, self.log, self.stop = state.method, checkpoints, log, stop
+        divisor = divisor_of(state.model)
+        crop = int(math.ceil(config.crop_size / divisor) * divisor)
+        self.crops = CropDataset(train_samples, self.method, crop, config.scale, config.seed,
+                                 dataset.fg_at_test)
+        self.batch_size = min(config.batch_size, len(self.crops))
+        self.steps_per_epoch = len(self.crops) // self.batch_size
+        opts_area = self.method.opts.min_area
+        self.min_area = opts_area if opts_area is not None else dataset.min_area
+        self.val_metrics = [_metric_of(dataset.val_metric)]
+        self.payload = {  # what every checkpoint holds besides the weights and the state
+            "method": config.method,
+            "method_options": self.method.options(),
+            "dataset": config.dataset,
+            "dataset_options": dataset.options,
+            "in_channels": dataset.in_channels,
+            "min_area": self.min_area,
+            "fg_at_test": dataset.fg_at_test,
+            "config": dataclasses.asdict(config),
+        }
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once SIGINT/SIGTERM/SIGUSR2 has been caught."""
+        return self.stop is not None and bool(self.stop.signum)
+
+    def interrupted(self) -> RunInterrupted:
+        """The error that ends the run after a stop request (the checkpoint is saved)."""
+        progress = self.state.progress
+        return RunInterrupted(
+            f"stopped by {self.stop.name} at epoch {progress.epoch}, batch {progress.batch}; "
+            f"checkpoint saved in {self.checkpoints}", self.stop.signum)
+
+    def save_last(self) -> None:
+        """``last.pt``: the whole :class:`TrainState` (what ``--resume`` continues from)."""
+        save_atomic(self.checkpoints / LAST, {**self.payload, **self.state.state_dict()})
+
+    def train_epoch(self) -> dict[str, float]:
+        """The batches of the current epoch not run yet; returns the epoch's mean
+        ``train_loss`` and the ``lr`` of its last batch. A stop request saves
+        ``last.pt`` at the next batch boundary and raises :class:`RunInterrupted`."""
+        state, progress, config = self.state, self.state.progress, self.config
+        epoch = progress.epoch
+        self.crops.epoch = epoch
+        if progress.order is None:
+            progress.order = torch.randperm(len(self.crops),
+                                            generator=state.order_generator).tolist()
+        size = self.batch_size
+        batches = [progress.order[i * size:(i + 1) * size] for i in range(self.steps_per_epoch)]
+        loader = DataLoader(  # worker seeds from (seed, epoch): the same after a resume
+            self.crops, batch_sampler=batches[progress.batch:], num_workers=config.workers,
+            generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch),
+        )
+        state.model.train()
+        batch_lr = state.lr
+        for batch in loader:
+            loss = self._step(batch)
+            batch_lr = state.lr
+            state.scheduler.step()
+            progress.losses.append(loss)
+            progress.batch += 1
+            if self.stop_requested and progress.batch < self.steps_per_epoch:
+                self.save_last()
+                raise self.interrupted()
+        return {"train_loss": float(np.mean(progress.losses)) if progress.losses
+                else float("nan"), "lr": batch_lr}  # the rate of its last batch
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimiser step on one batch; returns its loss."""
+        state, device = self.state, self.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        image = batch.pop("image")
+        state.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            output = state.model(image)
+        loss = self.method.loss(output.float(), batch)
+        if not torch.isfinite(loss):
+            raise BenchbioError(
+                f"the loss became {loss.item()} at epoch {state.progress.epoch}, batch "
+                f"{state.progress.batch}; lower the learning rate (now {self.config.lr}) or "
+                f"check the data (the checkpoint of the last complete epoch is kept in "
+                f"{self.checkpoints})"
+            )
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        return loss.item()
+
+    def validate(self, samples: Sequence[Sample]) -> dict[str, float]:
+        """``val_<key>`` figures of the current model on ``samples`` (the dataset's
+        validation metric)."""
+        preds = self._predict(samples, "val")
+        val = evaluate_samples(preds, samples, self.val_metrics, self.dataset.eval_tile).mean
+        return {f"val_{key}": float(value) for key, value in val.items()}
+
+    def end_epoch(self, figures: dict[str, float]) -> None:
+        """Keep the weights if they validate best so far, save ``last.pt``, then log the
+        epoch's figures (a crash in between is repaired by the replay on resume)."""
+        progress, epoch = self.state.progress, self.state.progress.epoch
+        score = figures.get(f"val_{self.dataset.val_metric}")
+        if score is not None and score > progress.best_val:
+            progress.best_val, progress.best_epoch = score, epoch
+            progress.best_file = _best_name(epoch)
+            save_atomic(self.checkpoints / progress.best_file, {
+                **self.payload, "model": self.state.model.state_dict(),
+                "method_state": self.method.state(), "epoch": epoch,
+                "val": {self.dataset.val_metric: score}})
+        progress.metrics += [(key, value, epoch) for key, value in figures.items()]
+        progress.next_epoch()
+        self.save_last()
+        for stale in self.checkpoints.glob("best-epoch*.pt"):
+            if stale.name != progress.best_file:
+                stale.unlink()
+        for key, value in figures.items():
+            self.log(key, value, epoch)
+
+    def test(self, samples: Sequence[Sample], workdir: Path):
+        """Score the best validation weights on ``samples`` (logged as ``test_<key>`` at
+        the best epoch); ``workdir`` receives ``best.pt`` and ``test_overlay.png``."""
+        progress = self.state.progress
+        best_path = self.checkpoints / str(progress.best_file)
+        shutil.copyfile(best_path, workdir / "best.pt")
+        best = read_checkpoint(best_path, map_location=self.device)
+        self.state.model.load_state_dict(best["model"])
+        preds = self._predict(samples, "test")
+        result = evaluate_samples(preds, samples, self.dataset.metrics, self.dataset.eval_tile)
+        for key, value in result.mean.items():
+            self.log(f"test_{key}", float(value), progress.best_epoch)
+        _overview(samples, preds, workdir / "test_overlay.png")
+        return result
+
+    def _predict(self, samples: Sequence[Sample], desc: str) -> list[np.ndarray]:
+        return predict_samples(self.method, self.state.model, samples, self.device,
+                               fg_at_test=self.dataset.fg_at_test, min_area=self.min_area,
+                               desc=desc)
+
+
 def train(
     config: RunConfig, method: Method, dataset: InstanceDataset, workdir: Path,
-    log_metric=None, *, checkpoints: Path | None = None, resume: bool = False,
+    log_metric: LogFn | None = None, *, checkpoints: Path | None = None, resume: bool = False,
     stop: GracefulStop | None = None, samples: dict[str, list[Sample]] | None = None,
 ) -> RunResult:
     """Fit, train, select the best epoch on validation, score the test split.
 
-    ``log_metric(key, value, step)`` receives every figure (MLflow during a run); an
-    epoch's figures are logged after its checkpoint is saved, and replayed on resume.
+    ``log_metric(key, value, step)`` receives every figure (replayed on resume).
     ``checkpoints`` (default ``workdir``) receives ``last.pt`` after every epoch and
-    ``best-epochNNNN.pt``; with ``resume`` training continues from ``last.pt`` there,
-    bit for bit on CPU. When ``stop`` has caught a signal, the loop saves ``last.pt`` at
-    the next batch boundary and raises :class:`RunInterrupted`. ``samples`` are the
-    train and val splits already loaded by :func:`preflight`. ``workdir`` receives the
-    test overlay and, for compatibility, a copy of the best checkpoint as ``best.pt``.
-    """
+    ``best-epochNNNN.pt``; ``resume`` continues from ``last.pt`` there, bit for bit on
+    CPU. ``stop``, once it has caught a signal, ends the run (:class:`RunInterrupted`)
+    after saving ``last.pt``. ``samples``: the train and val splits :func:`preflight`
+    loaded. ``workdir`` receives ``best.pt`` and the test overlay. Without a terminal on
+    stdout, one plain line per epoch reports progress (:mod:`benchbio.progress`)."""
     log = log_metric or (lambda *_: None)
     start = time.time()
     checkpoints = Path(checkpoints or workdir)
@@ -334,138 +414,39 @@ def train(
     train_samples = samples.get("train") or list(dataset.split("train"))
     val_samples = samples.get("val") or list(dataset.split("val"))
     test_samples = dataset.split("test")
-    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
-    val_metrics = [_metric_of(dataset.val_metric)]
-    state = None
-    if resume and (checkpoints / LAST).is_file():
-        state = load_checkpoint(checkpoints / LAST)
-        method.load_state(state["method_state"])
+    saved = read_checkpoint(checkpoints / LAST) if resume and (checkpoints / LAST).is_file() \
+        else None
+    if saved is not None:
+        method.load_state(saved["method_state"])  # the network is built from it
     else:
         method.fit(train_samples, seed=config.seed, log=log)
-    model = method.build_model(dataset.in_channels).to(device)
-    d = divisor_of(model)
-    crop = int(math.ceil(config.crop_size / d) * d)
-    crops = CropDataset(train_samples, method, crop, config.scale, config.seed, dataset.fg_at_test)
-    batch_size = min(config.batch_size, len(crops))
-    steps_per_epoch = len(crops) // batch_size
-    order_gen = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = make_scheduler(opt, config.lr_schedule, config.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
-    payload_base = {
-        "method": config.method,
-        "method_options": method.options(),
-        "dataset": config.dataset,
-        "dataset_options": dataset.options,
-        "in_channels": dataset.in_channels,
-        "min_area": min_area,
-        "fg_at_test": dataset.fg_at_test,
-        "config": dataclasses.asdict(config),
-    }
-    progress = _Progress()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        order_gen.set_state(state["order_generator"])
-        progress = _Progress(**state["progress"])
-        set_rng_state(state["rng"])
-        for key, value, step in progress.metrics:  # figures the crash may have lost
+    steps = len(train_samples) // min(config.batch_size, len(train_samples))
+    state = TrainState.create(method, dataset.in_channels, device, lr=config.lr,
+                              schedule=config.lr_schedule, total_steps=config.epochs * steps,
+                              seed=config.seed, started=start)
+    trainer = Trainer(config, dataset, state, train_samples, device, checkpoints, log=log,
+                      stop=stop)
+    if saved is not None:
+        state.load_state_dict(saved)
+        for key, value, step in state.progress.metrics:  # figures the crash may have lost
             log(key, value, step)
-
-    def save_last() -> None:
-        save_atomic(checkpoints / LAST, {
-            **payload_base, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "order_generator": order_gen.get_state(), "rng": rng_state(),
-            "method_state": method.state(),
-            "progress": {**dataclasses.asdict(progress),
-                         "elapsed": progress.elapsed + time.time() - start},
-        })
-
-    def interrupted() -> RunInterrupted:
-        return RunInterrupted(
-            f"stopped by {stop.name} at epoch {progress.epoch}, batch {progress.batch}; "
-            f"checkpoint saved in {checkpoints}", stop.signum)
-
-    bar = tqdm(total=config.epochs, initial=progress.epoch, desc="train", disable=None)
-    while progress.epoch < config.epochs:
-        epoch = progress.epoch
-        crops.epoch = epoch
-        if progress.order is None:
-            progress.order = torch.randperm(len(crops), generator=order_gen).tolist()
-        batches = [progress.order[i * batch_size:(i + 1) * batch_size]
-                   for i in range(steps_per_epoch)]
-        loader = DataLoader(  # worker seeds from (seed, epoch): the same after a resume
-            crops, batch_sampler=batches[progress.batch:], num_workers=config.workers,
-            generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch),
-        )
-        model.train()
-        batch_lr = float(opt.param_groups[0]["lr"])
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            image = batch.pop("image")
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                output = model(image)
-            loss = method.loss(output.float(), batch)
-            if not torch.isfinite(loss):
-                raise BenchbioError(
-                    f"the loss became {loss.item()} at epoch {epoch}, batch {progress.batch}; "
-                    f"lower the learning rate (now {config.lr}) or check the data (the "
-                    f"checkpoint of the last complete epoch is kept in {checkpoints})"
-                )
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            batch_lr = float(opt.param_groups[0]["lr"])
-            scheduler.step()
-            progress.losses.append(loss.item())
-            progress.batch += 1
-            if stop is not None and stop.signum and progress.batch < steps_per_epoch:
-                save_last()
-                raise interrupted()
-        figures = {"train_loss": float(np.mean(progress.losses)) if progress.losses
-                   else float("nan"), "lr": batch_lr}  # the rate of its last batch
+    bar = tqdm(total=config.epochs, initial=state.progress.epoch, desc="train", disable=None)
+    lines = ProgressLines("epoch", config.epochs, state.progress.epoch)
+    while state.progress.epoch < config.epochs:
+        epoch = state.progress.epoch
+        figures = trainer.train_epoch()
         if (epoch + 1) % config.val_every == 0 or epoch == config.epochs - 1:
-            preds = predict_samples(method, model, val_samples, device,
-                                    fg_at_test=dataset.fg_at_test, min_area=min_area, desc="val")
-            val = evaluate_samples(preds, val_samples, val_metrics, dataset.eval_tile).mean
-            figures.update({f"val_{key}": float(value) for key, value in val.items()})
-            score = float(val[dataset.val_metric])
-            if score > progress.best_val:
-                progress.best_val, progress.best_epoch = score, epoch
-                progress.best_file = _best_name(epoch)
-                save_atomic(checkpoints / progress.best_file, {
-                    **payload_base, "model": model.state_dict(), "method_state": method.state(),
-                    "epoch": epoch, "val": {dataset.val_metric: score}})
-        progress.metrics += [(key, value, epoch) for key, value in figures.items()]
-        progress.epoch, progress.batch, progress.order, progress.losses = epoch + 1, 0, None, []
-        save_last()  # then the figures: a crash in between is repaired by the replay
-        for stale in checkpoints.glob("best-epoch*.pt"):
-            if stale.name != progress.best_file:
-                stale.unlink()
-        for key, value in figures.items():
-            log(key, value, epoch)
+            figures.update(trainer.validate(val_samples))
+        trainer.end_epoch(figures)
         bar.update(1)
         bar.set_postfix(loss=f"{figures['train_loss']:.4f}")
-        if stop is not None and stop.signum and progress.epoch < config.epochs:
-            raise interrupted()
+        lines.step(figures=figures)
+        if trainer.stop_requested and state.progress.epoch < config.epochs:
+            raise trainer.interrupted()
     bar.close()
-    best_path = checkpoints / str(progress.best_file)
-    shutil.copyfile(best_path, workdir / "best.pt")
-    best = load_checkpoint(best_path, map_location=device)
-    model.load_state_dict(best["model"])
-    preds = predict_samples(method, model, test_samples, device, fg_at_test=dataset.fg_at_test,
-                            min_area=min_area, desc="test")
-    result = evaluate_samples(preds, test_samples, dataset.metrics, dataset.eval_tile)
-    for key, value in result.mean.items():
-        log(f"test_{key}", float(value), progress.best_epoch)
-    _overview(test_samples, preds, workdir / "test_overlay.png")
-    return RunResult(None, dict(result.mean), dict(result.per_image), progress.best_val,
-                     progress.best_epoch, progress.elapsed + time.time() - start,
-                     checkpoint=best_path)
+    result = trainer.test(test_samples, workdir)
+    return RunResult(None, dict(result.mean), dict(result.per_image), state.progress.best_val,
+                     state.progress.best_epoch, state.elapsed)
 
 
 def _metric_of(key: str) -> str:
@@ -508,14 +489,13 @@ def check_options(config: RunConfig) -> None:
         (config.val_every >= 1, "--val-every must be at least 1"),
         (config.workers >= 0, "--workers must be 0 or more"),
         (math.isfinite(config.lr) and config.lr > 0, "--lr must be a positive number"),
-        (config.lr_schedule in LR_SCHEDULES,
-         f"unknown --lr-schedule {config.lr_schedule!r}; use {', '.join(LR_SCHEDULES)}"),
         (len(config.scale) == 2 and 0 < config.scale[0] <= config.scale[1],
          "scale must be (low, high) with 0 < low <= high"),
     ]
     for ok, message in checks:
         if not ok:
             raise BenchbioError(message)
+    check_lr_schedule(config.lr_schedule)
 
 
 def preflight(config: RunConfig, dataset: InstanceDataset) -> dict[str, list[Sample]]:
@@ -634,10 +614,10 @@ def run(
         check_store_writable,
         check_tracking_store,
         find_run,
-        flatten,
-        git_commit,
-        logged_steps,
-        retrying,
+        log_run_outputs,
+        log_run_start,
+        metric_logger,
+        run_tags,
         tracked_run,
     )
 
@@ -660,22 +640,9 @@ def run(
                            "pass a writable --checkpoint-dir")
     check_store_writable(experiment)
     samples = preflight(config, dataset)
-    device = resolve_device(config.device)
-    base_tags = {
-        "method": config.method,
-        "dataset": config.dataset,
-        "seed": str(config.seed),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "git_commit": git_commit(),
-    }
-    if prior is None:
-        tags = {**base_tags, **(tags or {})}
-    else:
-        tags = {**(tags or {}), "resumes": str(int(prior.data.tags.get("resumes", "0")) + 1),
-                "resumed_git_commit": base_tags["git_commit"],
-                "resumed_device": base_tags["device"]}
-        if "failure_reason" in prior.data.tags:
-            tags["previous_failure_reason"] = prior.data.tags["failure_reason"][:5000]
+    tags = run_tags({"method": config.method, "dataset": config.dataset,
+                     "seed": str(config.seed), "device": device_name(config.device)},
+                    tags, prior)
     with contextlib.ExitStack() as stack:
         if folder is not None:  # refuse a run that is alive elsewhere before touching it
             stack.enter_context(run_lock(folder, prior.info.run_id))
@@ -693,35 +660,17 @@ def run(
                     write_json_atomic(folder / RUN_CONFIG, {
                         "run_id": run_id, "config": dataclasses.asdict(config),
                         "resolved": json.loads(json.dumps(resolved, default=str))})
-                    retrying(mlflow.set_tag)(CHECKPOINT_TAG, str(folder))
-                    retrying(mlflow.log_params)(flatten(resolved))
-                    (workdir / "config.json").write_text(
-                        json.dumps(resolved, indent=2, default=str))
-                    retrying(mlflow.log_artifact)(str(workdir / "config.json"))
+                    log_run_start(folder, resolved, workdir)
                 if on_start is not None:
                     on_start(run_id)
-                done = logged_steps(run_id) if prior is not None else set()
-                log_one = retrying(mlflow.log_metric)
-
-                def log_metric(key: str, value: float, step: int) -> None:
-                    if (key, step) not in done:  # a resumed run logs each step once
-                        log_one(key, value, step=step)
-                        done.add((key, step))
-
+                log_metric = metric_logger(run_id, resumed=prior is not None)
                 result = train(config, method, dataset, workdir, log_metric, checkpoints=folder,
                                resume=prior is not None, stop=stop, samples=samples)
-                log_metric("best_epoch", result.best_epoch, 0)
-                log_metric("run_seconds", result.seconds, 0)
-                log_artifact = retrying(mlflow.log_artifact)
-                log_artifact(str(workdir / "best.pt"), "checkpoint")
-                for path in method.write_artifacts(workdir / "method"):
-                    log_artifact(str(path), "method")
-                if (workdir / "test_overlay.png").exists():
-                    log_artifact(str(workdir / "test_overlay.png"))
-                (workdir / "test_per_image.json").write_text(
-                    json.dumps(result.per_image, indent=2))
-                log_artifact(str(workdir / "test_per_image.json"))
+                log_run_outputs(workdir, log_metric, best_epoch=result.best_epoch,
+                                seconds=result.seconds, per_image=result.per_image,
+                                method_files=method.write_artifacts(workdir / "method"))
                 result.run_id = run_id
+                result.checkpoint = f"runs:/{run_id}/checkpoint/best.pt"
         except RunInterrupted as exc:
             stop.chain()  # e.g. submitit's handler: requeue the pre-empted SLURM job
             raise RunInterrupted(f"{exc}; continue with `benchbio run --resume {run_id}`",

@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader
 from benchbio.cluster import embeddings_to_labels
 from benchbio.commands.run import parse_assignments
 from benchbio.registry import DATASETS, METHODS
-from benchbio.training import CropDataset, evaluate_samples, seed_everything
+from benchbio.runtime import seed_everything
+from benchbio.training import CropDataset, evaluate_samples
 
 
 def _options(pairs: list[str]) -> dict:

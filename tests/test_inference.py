@@ -17,8 +17,7 @@ from benchbio.inference import (
     predict_image,
     window_starts,
 )
-from benchbio.nets import CoordMaps, PlainEncoder, UNet
-from benchbio.training import predict
+from benchbio.nets import CoordMaps, PlainEncoder, UNet, divisor_of, pad_to_divisor
 
 CPU = torch.device("cpu")
 
@@ -71,6 +70,20 @@ def test_tiled_network_output_equals_whole_image_output(position):
         with position_origins(net, None):
             blind = _tiles_without_origins(net, image)
         assert not torch.allclose(whole[:, 24:48, 24:48], blind[:, 24:48, 24:48], atol=1e-2)
+
+
+@pytest.mark.parametrize("position", ["sinconv", "coordconv", "none"])
+def test_one_window_equals_the_plain_whole_image_forward_bit_for_bit(position):
+    """Validation and test during training use ``tile=None``: for any image size the same
+    numbers as the network on the padded whole image, so training figures do not move."""
+    maps = {"sinconv": GuideMaps(_guides()), "coordconv": CoordMaps(64, 64), "none": None}
+    net = _small_unet(maps[position])
+    image = np.random.default_rng(2).random((1, 118, 101)).astype(np.float32)
+    with torch.no_grad():
+        plain = net(pad_to_divisor(torch.from_numpy(image)[None], divisor_of(net)))[0]
+    one_window = forward_tiled(net, image, CPU, tile=None, overlap=0)
+    assert torch.equal(one_window, plain[:, :118, :101])
+    assert not torch.equal(forward_tiled(net, image, CPU, tile=48, overlap=8), one_window)
 
 
 def _tiles_without_origins(net, image):
@@ -126,17 +139,6 @@ def test_tiled_prediction_equals_whole_image_prediction(name):
     assert whole.max() == tiled.max() == labels.max()
     assert adjusted_rand_score(labels.ravel(), whole.ravel()) == 1.0
     assert adjusted_rand_score(whole.ravel(), tiled.ravel()) == 1.0
-
-
-def test_whole_image_path_equals_training_predict():
-    method = benchbio.create_method("harmonic", n_guides=3, width=4, kernel_size=3)
-    method.load_state({"guides": _guides(3).to_json()})
-    torch.manual_seed(0)
-    model = method.build_model(1).eval()
-    image = np.random.default_rng(3).random((1, 70, 90)).astype(np.float32)
-    expected = predict(method, model, image, CPU)
-    got = predict_image(Predictor(method, model, CPU, in_channels=1), image, tile=512)
-    assert np.array_equal(expected, got)
 
 
 def test_embedseg_unflip_maps_the_flipped_ideal_output_back():

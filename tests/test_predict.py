@@ -12,8 +12,7 @@ from PIL import Image
 import benchbio
 from benchbio.cli import main
 from benchbio.guides import Guides
-from benchbio.inference import load_checkpoint, read_input
-from benchbio.training import predict
+from benchbio.inference import load_checkpoint, predict_image, read_input
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -60,13 +59,16 @@ def test_predict_writes_one_uint16_tif_per_input_with_its_name(checkpoint, input
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("*.tif")) == ["a.tif", "b.tif", "c.tif"]
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png", "c.png"]
+    # CliRunner's stdout is no terminal: one progress line per image, as in a log file
+    lines = [line for line in result.stdout.splitlines() if line.startswith("image ")]
+    assert [line.split(":")[0] for line in lines] == ["image 1/3", "image 2/3", "image 3/3"]
+    assert "a.png -> a.tif" in lines[0] and all("remaining" in line for line in lines)
     predictor = load_checkpoint(checkpoint, "cpu")
     for name, path in [("a", folder / "a.png"), ("b", folder / "b.tif"), ("c", single)]:
         labels = tifffile.imread(out / f"{name}.tif")
         image = read_input(path, 3)
         assert labels.dtype == np.uint16 and labels.shape == image.shape[1:]
-        expected = predict(predictor.method, predictor.model, image, torch.device("cpu"),
-                           min_area=4)
+        expected = predict_image(predictor, image, min_area=4)
         assert np.array_equal(labels, expected)
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -21,7 +22,7 @@ from benchbio.checkpoint import (
     LAST,
     GracefulStop,
     is_locked,
-    load_checkpoint,
+    read_checkpoint,
     run_lock,
     save_atomic,
 )
@@ -29,7 +30,8 @@ from benchbio.cli import main
 from benchbio.errors import BenchbioError
 from benchbio.methods.harmonic import Harmonic
 from benchbio.registry import METHODS
-from benchbio.training import RunConfig, make_scheduler, run
+from benchbio.state import make_scheduler
+from benchbio.training import RunConfig, run
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.usefixtures("fast_store")]
@@ -126,7 +128,7 @@ def test_signal_mid_epoch_saves_checkpoint_marks_killed_and_resume_is_identical(
     run = only_run("KILLED")
     assert f"stopped by {sig.name}" in run.data.tags["failure_reason"]
     folder = Path(run.data.tags[CHECKPOINT_TAG])
-    state = load_checkpoint(folder / LAST)
+    state = read_checkpoint(folder / LAST)
     assert (state["progress"]["epoch"], state["progress"]["batch"]) == (1, 1)
     assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)
     if sig == signal.SIGINT:
@@ -157,7 +159,7 @@ def test_sigkill_mid_training_then_resume_gives_identical_metrics(reference, tmp
     try:
         while True:  # wait for the checkpoint of epoch 0, then kill -9
             found = list(ckpts.glob(f"*/{LAST}"))
-            if found and load_checkpoint(found[0])["progress"]["epoch"] >= 1:
+            if found and read_checkpoint(found[0])["progress"]["epoch"] >= 1:
                 break
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.time() < deadline, "no checkpoint within 120 s"
@@ -186,7 +188,7 @@ def test_nan_loss_fails_keeps_last_good_checkpoint_and_resumes(reference, trip):
     run = only_run("FAILED")
     assert "loss became nan" in run.data.tags["failure_reason"]
     folder = Path(run.data.tags[CHECKPOINT_TAG])
-    assert load_checkpoint(folder / LAST)["progress"]["epoch"] == 2
+    assert read_checkpoint(folder / LAST)["progress"]["epoch"] == 2
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")) == 2
 
     trip.action = None  # the cause is fixed
@@ -276,7 +278,7 @@ def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkey
     monkeypatch.setattr(torch, "save", broken)
     with pytest.raises(OSError, match="disk full"):
         save_atomic(path, {"epoch": 2})
-    assert load_checkpoint(path) == {"epoch": 1}
+    assert read_checkpoint(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left
 
 
@@ -401,3 +403,49 @@ def test_preempted_submitit_job_is_requeued_and_resumes_its_run(reference, tmp_p
     assert "stopped by SIGUSR2" in run.data.tags["previous_failure_reason"]
     assert histories(run.info.run_id) == reference
     assert "Requeued job" in job.stdout()
+
+
+def test_train_state_round_trips_everything_it_saves():
+    """What TrainState.state_dict saves, load_state_dict restores (one place for both)."""
+    from benchbio.guides import Guides
+    from benchbio.state import TrainState
+
+    method = METHODS.create("harmonic", width=4, kernel_size=3, n_guides=2)
+    guides = Guides(np.array([[1.0, 2.0, 0.5], [3.0, -1.0, 1.0]]), 32.0, 32.0)
+    method.load_state({"guides": guides.to_json()})
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        return TrainState.create(method, 1, torch.device("cpu"), lr=1e-2, schedule="cosine",
+                                 total_steps=10, seed=seed)
+
+    state = fresh(0)
+    loss = state.model(torch.rand(2, 1, 32, 32)).square().mean()
+    loss.backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    torch.randperm(5, generator=state.order_generator)
+    state.progress.epoch, state.progress.best_val, state.progress.metrics = 3, 0.5, [("x", 1.0, 2)]
+    saved = state.state_dict()
+    other = fresh(1)
+    other.load_state_dict(saved)
+    again = other.state_dict()
+    assert again.keys() == saved.keys()
+    for key in ("model", "optimizer", "scheduler", "scaler", "order_generator", "rng",
+                "method_state"):
+        assert _same(again[key], saved[key]), key
+    assert {k: v for k, v in again["progress"].items() if k != "elapsed"} == \
+        {k: v for k, v in saved["progress"].items() if k != "elapsed"}
+
+
+def _same(a, b) -> bool:
+    """Equal nested state (tensors and arrays compared by value)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b

@@ -219,6 +219,7 @@ def test_sweep_resume_and_report_against_an_mlflow_server(tmp_path, mlflow_serve
     first = runner.invoke(main, sweep)
     assert first.exit_code == 0, first.output
     assert "2 to run" in first.output and first.output.count("FINISHED") >= 2
+    assert first.output.count("started") == 2 and "2/2 ended" in first.output  # log lines
     runs = existing_runs("tiny", "tiny")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["study"] for r in runs} == {"tiny"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlflow
 import numpy as np
 import pytest
@@ -69,6 +71,39 @@ def test_cpu_runs_are_deterministic():
     second = run(tiny_config(), track=False)
     assert first.test == second.test
     assert first.best_epoch == second.best_epoch
+    assert first.checkpoint is None  # untracked: its files went with its temporary folder
+
+
+def test_the_result_names_a_checkpoint_that_exists_after_the_run(tmp_path):
+    from benchbio.inference import load_checkpoint
+
+    result = run(dataclasses.replace(tiny_config(), epochs=1))
+    assert result.checkpoint == f"runs:/{result.run_id}/checkpoint/best.pt"
+    local = mlflow.artifacts.download_artifacts(result.checkpoint, dst_path=str(tmp_path))
+    assert load_checkpoint(local, "cpu").method.name == "harmonic"
+
+
+def test_a_run_logged_to_a_file_prints_one_line_per_epoch():
+    """Output redirected to a file (CliRunner's stdout is no terminal) shows progress."""
+    args = tiny_args() + ["--no-track"]
+    args[args.index("--epochs") + 1] = "1"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert line.startswith("epoch 1/1: train_loss ") and "val_sbd" in line
+    assert "elapsed 0:" in line and "remaining ~0:00:00" in line
+
+
+def test_the_command_line_defaults_are_run_config_defaults():
+    from benchbio.commands.run import command
+    from benchbio.state import LR_SCHEDULES
+
+    defaults = {p.name: p.default for p in command.params}
+    for name in ("epochs", "batch_size", "lr", "lr_schedule", "crop_size", "seed", "device",
+                 "val_every", "workers"):
+        assert defaults[name] == getattr(RunConfig("m", "d"), name), name
+    schedule = next(p for p in command.params if p.name == "lr_schedule")
+    assert list(schedule.type.choices) == list(LR_SCHEDULES)
 
 
 def test_augment_keeps_image_and_instances_aligned():

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import click
 
 from ..errors import BenchbioError
 from ..method import parse_option_value
+from ..state import LR_SCHEDULES
+from ..training import RunConfig
+
+#: RunConfig's defaults are the command's: one place says what a run does by default.
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(RunConfig)
+            if f.default is not dataclasses.MISSING}
 
 
 def parse_assignments(pairs: tuple[str, ...], what: str) -> dict:
@@ -33,22 +40,25 @@ _FIELDS = {"method": "method", "dataset": "dataset", "epochs": "epochs",
               help="Method plugin (see `benchbio list methods`); required unless --resume.")
 @click.option("--dataset", "-d", default=None,
               help="Dataset plugin (`benchbio list datasets`); required unless --resume.")
-@click.option("--epochs", type=int, default=100, show_default=True)
-@click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
-@click.option("--lr-schedule", default="constant", show_default=True,
-              type=click.Choice(["constant", "cosine", "onecycle"]),
+@click.option("--epochs", type=int, default=_DEFAULT["epochs"], show_default=True)
+@click.option("--batch-size", type=int, default=_DEFAULT["batch_size"], show_default=True)
+@click.option("--lr", type=float, default=_DEFAULT["lr"], show_default=True,
+              help="Adam learning rate.")
+@click.option("--lr-schedule", default=_DEFAULT["lr_schedule"], show_default=True,
+              type=click.Choice(list(LR_SCHEDULES)),
               help="Learning rate over the run, stepped every batch.")
-@click.option("--crop-size", type=int, default=448, show_default=True,
+@click.option("--crop-size", type=int, default=_DEFAULT["crop_size"], show_default=True,
               help="Training crop (rounded up to the network's divisor).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=_DEFAULT["seed"], show_default=True)
+@click.option("--device", default=_DEFAULT["device"], show_default=True,
+              help="auto, cpu or cuda.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Data root (default: $BENCHBIO_DATA, else a per-user cache).")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the dataset).")
-@click.option("--val-every", type=int, default=1, show_default=True,
+@click.option("--val-every", type=int, default=_DEFAULT["val_every"], show_default=True,
               help="Validate every N epochs (always after the last).")
-@click.option("--workers", type=int, default=0, show_default=True, help="Data loader workers.")
+@click.option("--workers", type=int, default=_DEFAULT["workers"], show_default=True,
+              help="Data loader workers.")
 @click.option("--set", "method_sets", multiple=True, metavar="KEY=VALUE",
               help="Method option, e.g. --set n_guides=12 (repeatable).")
 @click.option("--data-opt", "data_sets", multiple=True, metavar="KEY=VALUE",
@@ -73,7 +83,7 @@ def command(ctx, method, dataset, epochs, batch_size, lr, lr_schedule, crop_size
     from rich.console import Console
     from rich.table import Table
 
-    from ..training import RunConfig, resume_config, run
+    from ..training import resume_config, run
 
     # MLflow's INFO chatter ("Creating a new experiment") would bury benchbio's own lines.
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import click
@@ -76,6 +77,7 @@ def command(spec, executor, jobs, gpus, partition, gpus_per_job, time_min, mem_g
     from rich.table import Table
 
     from ..data import cache_dir
+    from ..progress import format_seconds
     from ..sweep import (
         ExecutorOptions,
         absolute_tracking_uri,
@@ -142,12 +144,20 @@ def command(spec, executor, jobs, gpus, partition, gpus_per_job, time_min, mem_g
         at_once = f"SLURM array, {array_parallelism} at a time"
     console.print(f"running {len(todo)} cells ({at_once}); job logs in {options.log_dir}")
 
-    def show(outcome) -> None:
-        figures = ", ".join(f"{k} {v:.3f}" for k, v in list(outcome.test.items())[:3])
-        console.print(f"  {outcome.status:9s} {outcome.cell.name}  "
-                      f"{figures or outcome.reason or outcome.job_id}")
+    began, ended = time.monotonic(), []
 
-    outcomes = run_cells(todo, options, uri, wait=wait, on_outcome=show)
+    def show_start(cell) -> None:
+        click.echo(f"  {'started':9s} {cell.name}  ({format_seconds(time.monotonic() - began)}"
+                   " elapsed)")
+
+    def show(outcome) -> None:  # one line per cell, also in a log file (no bar here)
+        ended.append(outcome)
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in list(outcome.test.items())[:3])
+        click.echo(f"  {outcome.status:9s} {outcome.cell.name}  "
+                   f"{figures or outcome.reason or outcome.job_id}  ({len(ended)}/{len(todo)}"
+                   f" ended, {format_seconds(time.monotonic() - began)} elapsed)")
+
+    outcomes = run_cells(todo, options, uri, wait=wait, on_outcome=show, on_start=show_start)
     table = Table(title=f"{study.name}: this sweep")
     for col in ("cell", "status", "MLflow run", "seconds", "detail"):
         table.add_column(col)
