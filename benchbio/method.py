@@ -25,8 +25,9 @@ from torch import nn
 
 from .data import Sample
 from .options import coerce_options, parse_value
+from .registry import register_method
 
-__all__ = ["MethodOptions", "Method", "parse_option_value", "LogFn"]
+__all__ = ["MethodOptions", "Method", "register_variant", "parse_option_value", "LogFn"]
 
 #: The one command-line value parser (:func:`benchbio.options.parse_value`), kept here
 #: under its old name.
@@ -118,3 +119,25 @@ class Method:
         embeddings are functions of absolute position, so a flipped image has other
         targets, not flipped ones."""
         return None
+
+
+def register_variant(
+    name: str, base: type[Method], description: str, **overrides: Any
+) -> Callable[..., Method]:
+    """Register method ``name``: ``base`` with other option defaults, in one line.
+
+    As timm's ``_create_resnet(name, **dict(model_args, **kwargs))``: the variant's
+    factory creates ``base`` with ``dict(overrides, **options)``, so options given on the
+    command line still win, and the variant is ``base`` in everything (hooks, options
+    dataclass, checks) but its name and those defaults. Returns the factory.
+    """
+    cls = type(f"{base.__name__}Variant", (base,),
+               {"name": name, "__doc__": description, "__module__": base.__module__})
+
+    def factory(**options: Any) -> Method:
+        return cls(**dict(overrides, **options))
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__module__ = base.__module__
+    factory.__doc__ = description
+    return register_method(name, description=description)(factory)
