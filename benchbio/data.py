@@ -20,7 +20,6 @@ import numpy as np
 import platformdirs
 
 from .errors import DataError
-from .evaluation import DEFAULT_METRICS
 from .instances import is_stack, spatial_shape
 
 __all__ = ["Sample", "LazySamples", "InstanceDataset", "data_root", "cache_dir"]
@@ -97,8 +96,7 @@ class InstanceDataset:
         name: the registered dataset name.
         splits: ``{"train": ..., "val": ..., "test": ...}`` sequences of samples.
         in_channels: channels of ``Sample.image``.
-        metrics: metric plugin names scored on the test split (default
-            :data:`benchbio.evaluation.DEFAULT_METRICS`).
+        metrics: metric plugin names scored on the test split.
         val_metric: the metric key (higher is better) that selects the best checkpoint.
         fg_at_test: True when the protocol gives the foreground mask at test time, so
             methods use it instead of predicting background themselves.
@@ -113,8 +111,8 @@ class InstanceDataset:
     name: str
     splits: Mapping[str, Sequence[Sample]]
     in_channels: int
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    val_metric: str = "sbd"
+    metrics: tuple[str, ...]
+    val_metric: str
     fg_at_test: bool = False
     min_area: int = 20
     eval_tile: int | None = None
