@@ -70,7 +70,16 @@ def pair_by_stem(
 
 
 def fixed_split(names: Iterable[str], n_first: int, seed: int = SPLIT_SEED) -> tuple[list, list]:
-    """Split sorted ``names`` by a fixed-seed permutation: (n_first names, the rest), sorted."""
+    """Split sorted ``names`` by a fixed-seed permutation: (n_first names, the rest), sorted.
+
+    The order the names come in does not matter, and the same names always split alike:
+
+    >>> fixed_split(["d", "a", "c", "b", "e"], 2) == fixed_split("abcde", 2)
+    True
+    >>> first, rest = fixed_split("abcde", 2)
+    >>> len(first), len(rest), sorted(first + rest) == list("abcde")
+    (2, 3, True)
+    """
     names = sorted(names)
     order = np.random.default_rng(seed).permutation(len(names))
     first = sorted(names[i] for i in order[:n_first])
