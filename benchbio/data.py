@@ -9,10 +9,12 @@ evaluation path and every method read datasets only through this interface.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import platformdirs
@@ -58,6 +60,13 @@ class Sample:
                 f"{self.name}: foreground mask is {self.fg.shape}, image {self.image.shape[1:]}"
             )
 
+    def objects(self) -> np.ndarray:
+        """The instances without COCO crowd regions (they are not objects): what training
+        and a method's fitting see."""
+        if self.crowd is not None and is_stack(self.instances):
+            return np.asarray(self.instances)[~np.asarray(self.crowd, bool)]
+        return self.instances
+
 
 class LazySamples(Sequence[Sample]):
     """A split whose samples are loaded from disk on access (and not kept)."""
@@ -94,20 +103,25 @@ class InstanceDataset:
         min_area: smallest instance (pixels) a method should keep, the protocol's choice.
         eval_tile: if set, images are scored as non-overlapping tiles of this size
             (E. coli protocol) and the per-tile scores averaged.
-        options: the resolved dataset options, logged with each run.
+        options: the resolved dataset options, logged with each run: the factory passes
+            its options dataclass, kept as ``dataclasses.asdict`` of it.
         description: one line for ``benchbio data info``.
     """
 
     name: str
     splits: Mapping[str, Sequence[Sample]]
     in_channels: int
-    metrics: tuple[str, ...] = ("sbd", "abs_dic", "fg_bg_dice")
-    val_metric: str = "sbd"
+    metrics: tuple[str, ...]
+    val_metric: str
     fg_at_test: bool = False
     min_area: int = 20
     eval_tile: int | None = None
-    options: dict = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if dataclasses.is_dataclass(self.options) and not isinstance(self.options, type):
+            self.options = dataclasses.asdict(self.options)
 
     def split(self, name: str) -> Sequence[Sample]:
         """A split by name, with a clear error when it is missing or empty."""

@@ -1,6 +1,9 @@
 """Downloading dataset archives: resumable HTTP, checksums, unpacking into the data root.
 
-A dataset module lists its :class:`Archive` objects and calls :func:`fetch`. Each archive
+A dataset module declares a module-level ``DOWNLOAD = Download(archives=[...],
+licence="...")`` (or ``Download(manual="...")`` where no automatic download is possible);
+the registry picks it up with the module's datasets, and ``benchbio data download NAME``
+runs :meth:`Download.run`, which calls :func:`fetch`. Each archive
 is downloaded to ``<root>/.downloads/<filename>.part`` (resumed with an HTTP ``Range``
 request after an interruption), checked against its published sha256 (and md5 where
 only that is published), renamed, and unpacked into ``<root>/<subdir>``. An archive
@@ -22,9 +25,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import DataError
+from .errors import BenchbioError, DataError
 
-__all__ = ["Archive", "download_file", "file_digests", "unpack", "fetch"]
+__all__ = ["Archive", "Download", "download_file", "file_digests", "unpack", "fetch"]
 
 CHUNK = 1 << 20
 TIMEOUT = 60
@@ -200,3 +203,32 @@ def fetch(
             path.unlink()
         echo(f"{archive.name}: unpacked into {root / archive.subdir}")
     return root
+
+
+@dataclass(frozen=True)
+class Download:
+    """How ``benchbio data download NAME`` gets a dataset: a module-level ``DOWNLOAD``.
+
+    Attributes:
+        archives: the archives to fetch (each with its published checksums), unpacked
+            under the data root.
+        licence: the terms the data come under, printed before anything is fetched.
+        manual: for data that cannot be fetched automatically (registration, no public
+            copy): what to do instead, with ``{root}`` standing for the data root; the
+            command prints it as its one-line error.
+    """
+
+    archives: tuple[Archive, ...] = ()
+    licence: str = ""
+    manual: str = ""
+
+    def run(self, root: Path, no_verify: bool = False, keep_archives: bool = False,
+            echo: Callable[[str], None] = print) -> Path:
+        """Fetch, verify and unpack the archives into ``root``; the manual instructions as
+        a :class:`BenchbioError` where there are no archives."""
+        if not self.archives:
+            raise BenchbioError(self.manual.format(root=root) or "no download is known")
+        if self.licence:
+            echo(f"licence: {self.licence}")
+        return fetch(self.archives, root, no_verify=no_verify, keep_archives=keep_archives,
+                     echo=echo)

@@ -25,10 +25,8 @@ from .instances import is_stack
 from .overlap import Overlap, overlap, sequential_labels, stack_nonempty
 from .registry import METRICS
 
-__all__ = ["Metric", "ImagePair", "EvalResult", "evaluate", "DEFAULT_METRICS", "metric_producing",
-           "metric_keys"]
-
-DEFAULT_METRICS = ("sbd", "dic", "fg_bg_dice")
+__all__ = ["Metric", "ImagePair", "EvalResult", "evaluate", "default_metrics",
+           "metric_producing", "metric_keys"]
 
 
 class Metric:
@@ -235,6 +233,16 @@ def metric_producing(key: str) -> tuple[str, Metric] | None:
     return None
 
 
+def default_metrics() -> list[str]:
+    """What is scored when no metrics are named (``evaluate``, ``benchbio eval``): every
+    registered metric but those whose keys another one produces as well (``abs_dic``'s
+    are part of ``dic``'s)."""
+    keys = {name: set(METRICS.create(name).keys) for name in METRICS.names()}
+    return [name for name, own in keys.items()
+            if not any(other != name and own <= theirs and own != theirs
+                       for other, theirs in keys.items())]
+
+
 def metric_keys() -> set[str]:
     """Every result key some metric plugin produces (``sbd``, ``ap50``, ...)."""
     return {key for name in METRICS.names() for key in METRICS.create(name).keys}
@@ -265,7 +273,7 @@ def create_metrics(names: Sequence[str]) -> list[Metric]:
 def evaluate(
     preds: Sequence[np.ndarray],
     gts: Sequence[np.ndarray],
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
     scores: Sequence[dict[int, float] | None] | None = None,
     gt_crowd: Sequence[np.ndarray | None] | None = None,
@@ -275,7 +283,8 @@ def evaluate(
     Args:
         preds: per image, a label image or a ``(K, H, W)`` mask stack.
         gts: per image, a label image or a mask stack, same height and width.
-        metrics: metric plugin names (``benchbio list metrics``).
+        metrics: metric plugin names (``benchbio list metrics``); default
+            :func:`default_metrics`.
         names: image names (default ``"0"``, ``"1"``, ...); must be unique.
         scores: per image, None or the confidence of each predicted instance (COCO AP).
         gt_crowd: per image, None or the ``(K,)`` iscrowd flags of a mask-stack gt.
@@ -283,6 +292,7 @@ def evaluate(
     Returns:
         An :class:`EvalResult` with per-image and set-level figures.
     """
+    metrics = default_metrics() if metrics is None else metrics
     n = len(preds)
     if len(gts) != n:
         raise BenchbioError(f"{n} predictions but {len(gts)} ground truths; pair them 1:1")

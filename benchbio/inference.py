@@ -303,8 +303,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 def read_input(path: Path, in_channels: int) -> np.ndarray:
     """A ``(C, H, W)`` float32 image scaled as the datasets scale theirs (8-bit / 255,
     else robust percentiles), with the channel count the model expects."""
-    from .datasets._common import to_chw, to_unit
-    from .io import read_image
+    from .io import read_image, to_chw, to_unit
 
     image = to_chw(to_unit(read_image(path)), str(path))
     if image.shape[0] == 4 and in_channels == 3:

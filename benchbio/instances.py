@@ -49,6 +49,9 @@ def relabel(labels: np.ndarray) -> np.ndarray:
 
     Ids keep their order, so the result scores as the official CVPPP code would score
     an image whose labels were consecutive to begin with.
+
+    >>> relabel(np.array([[5, 5, 9], [7, 7, 20]])).tolist()
+    [[0, 0, 2], [1, 1, 3]]
     """
     labels = np.asarray(labels)
     if labels.size == 0:

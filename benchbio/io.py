@@ -17,7 +17,20 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "read_labels", "write_labels", "list_images"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "read_image",
+    "read_labels",
+    "write_labels",
+    "list_images",
+    "scale_8bit",
+    "percentile_normalize",
+    "to_unit",
+    "to_chw",
+]
+
+#: Percentiles used for microscopy images of more than 8 bits (robust to hot pixels).
+LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.8
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -83,3 +96,46 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def scale_8bit(image: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 / 255."""
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def percentile_normalize(
+    image: np.ndarray, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE
+) -> np.ndarray:
+    """Map the ``low``..``high`` percentiles of the whole image (all channels together,
+    so their relative levels are kept) to 0..1, not clipped.
+
+    >>> percentile_normalize(np.arange(101.0), 0, 100)[[0, 50, 100]].tolist()
+    [0.0, 0.5, 1.0]
+    """
+    img = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(img, (low, high))
+    return ((img - lo) / max(float(hi - lo), 1e-6)).astype(np.float32)
+
+
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """Scale to about [0, 1]: /255 for 8-bit, robust percentiles otherwise, bool as 0/1."""
+    image = np.asarray(image)
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    if image.dtype == np.uint8:
+        return scale_8bit(image)
+    return percentile_normalize(image)
+
+
+def to_chw(image: np.ndarray, name: str, drop_alpha: bool = True) -> np.ndarray:
+    """``(H, W)`` -> ``(1, H, W)``; ``(H, W, C)`` (C <= 4) -> ``(C, H, W)``, alpha dropped."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image[None]
+    if image.ndim == 3 and image.shape[-1] <= 4 and image.shape[0] > 4:
+        if drop_alpha and image.shape[-1] == 4:
+            image = image[..., :3]
+        return np.moveaxis(image, -1, 0)
+    if image.ndim == 3 and image.shape[0] <= 4:
+        return image
+    raise DataError(f"{name}: cannot read an image of shape {image.shape} as (C, H, W)")

@@ -7,14 +7,14 @@ method is one new module in ``methods/`` registered with
 :func:`benchbio.registry.register_method`.
 
 Options are a dataclass per method (``Options``), so ``--set key=value`` on the command
-line is checked against the fields, typed, and logged to MLflow as resolved.
+line, a sweep spec or a Python caller's keywords are checked against the fields, typed
+(``typing.Literal`` fields against their choices) by :func:`benchbio.options.coerce_options`,
+and logged to MLflow as resolved.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,9 +24,14 @@ import torch
 from torch import nn
 
 from .data import Sample
-from .errors import BenchbioError
+from .options import coerce_options, parse_value
+from .registry import register_method
 
-__all__ = ["MethodOptions", "Method", "parse_option_value", "LogFn"]
+__all__ = ["MethodOptions", "Method", "register_variant", "parse_option_value", "LogFn"]
+
+#: The one command-line value parser (:func:`benchbio.options.parse_value`), kept here
+#: under its old name.
+parse_option_value = parse_value
 
 LogFn = Callable[[str, float, int], None]
 """``log(key, value, step)``: how methods report figures (to MLflow during a run)."""
@@ -51,39 +56,6 @@ class MethodOptions:
     min_area: int | None = None
 
 
-def parse_option_value(text: str) -> Any:
-    """Turn a ``--set`` value into a Python value: numbers, bools, None, tuples, else str."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert ``value`` to the field's declared type where that is unambiguous."""
-    if isinstance(annotation, str):
-        annotation = {"int": int, "float": float, "str": str, "bool": bool}.get(
-            annotation.split("|")[0].strip(), None
-        )
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    target = annotation if origin is None else (args[0] if len(args) == 1 else None)
-    if value is None or target is None or not isinstance(target, type):
-        return value
-    if target is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if target is tuple and isinstance(value, list):
-        return tuple(value)
-    if target in (int, float, str, bool, tuple) and not isinstance(value, target):
-        raise BenchbioError(f"option {name}={value!r} must be of type {target.__name__}")
-    return value
-
-
 class Method:
     """Base class of method plugins; subclasses implement the hooks below."""
 
@@ -91,16 +63,7 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, **options: Any) -> None:
-        fields = {f.name: f for f in dataclasses.fields(self.Options)}
-        unknown = sorted(set(options) - set(fields))
-        if unknown:
-            raise BenchbioError(
-                f"method {self.name!r} has no option {', '.join(unknown)}; its options are: "
-                f"{', '.join(sorted(fields))}"
-            )
-        hints = typing.get_type_hints(self.Options)
-        typed = {k: _coerce(k, v, hints.get(k, fields[k].type)) for k, v in options.items()}
-        self.opts = self.Options(**typed)
+        self.opts = coerce_options(self.Options, options, f"method {self.name!r}")
 
     # ------------------------------------------------------------------ options/state
     def options(self) -> dict[str, Any]:
@@ -156,3 +119,25 @@ class Method:
         embeddings are functions of absolute position, so a flipped image has other
         targets, not flipped ones."""
         return None
+
+
+def register_variant(
+    name: str, base: type[Method], description: str, **overrides: Any
+) -> Callable[..., Method]:
+    """Register method ``name``: ``base`` with other option defaults, in one line.
+
+    As timm's ``_create_resnet(name, **dict(model_args, **kwargs))``: the variant's
+    factory creates ``base`` with ``dict(overrides, **options)``, so options given on the
+    command line still win, and the variant is ``base`` in everything (hooks, options
+    dataclass, checks) but its name and those defaults. Returns the factory.
+    """
+    cls = type(f"{base.__name__}Variant", (base,),
+               {"name": name, "__doc__": description, "__module__": base.__module__})
+
+    def factory(**options: Any) -> Method:
+        return cls(**dict(overrides, **options))
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__module__ = base.__module__
+    factory.__doc__ = description
+    return register_method(name, description=description)(factory)

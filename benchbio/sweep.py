@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import re
 import sys
 import time
 import traceback
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ import submitit
 
 from .errors import BenchbioError
 from .evaluation import metric_keys
+from .options import coerce_value, normalize_key, resolved_options
 from .training import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -67,7 +68,7 @@ NOT_HASHED = ("experiment", "workers", "data_dir", "device")
 #: the grid or the study sets (``benchbio run``'s flags, with underscores).
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in (
     "method", "dataset", "seed", "experiment", "method_options", "dataset_options"))
-_RUN_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+_RUN_TYPES = typing.get_type_hints(RunConfig)
 
 _STUDY_KEYS = ("name", "description", "experiment", "methods", "datasets", "seeds", "metrics")
 _TOP_KEYS = ("study", "run", "method_options", "dataset_options", "methods", "datasets",
@@ -142,30 +143,17 @@ def _names(path: Path, study: dict, key: str, registry) -> list[str]:
 
 
 def _coerce_run(path: Path, options: dict[str, Any], where: str) -> dict[str, Any]:
-    """Harness options with RunConfig's types (an int lr becomes a float, so the hash
-    of ``lr = 1`` and ``lr = 1.0`` agree)."""
+    """Harness options with RunConfig's types, by the one option coercion (an int lr
+    becomes a float, so the hash of ``lr = 1`` and ``lr = 1.0`` agree)."""
+    options = {normalize_key(k): v for k, v in options.items()}
     _check_keys(path, options, RUN_KEYS, where)
     out: dict[str, Any] = {}
     for key, value in options.items():
-        kind = _RUN_TYPES[key]
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind.startswith("tuple"):
-            ok = isinstance(value, list) and len(value) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            value = tuple(float(v) for v in value) if ok else value
-        elif kind.startswith("float"):
-            ok = number
-            value = float(value) if ok else value
-        elif kind.startswith("int"):
-            ok = number and isinstance(value, int)
-        elif kind.startswith("bool"):
-            ok = isinstance(value, bool)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
+        try:
+            out[key] = coerce_value(key, value, _RUN_TYPES[key], "benchbio run")
+        except BenchbioError:
             raise _fail(path, f"{where}{key} has the wrong type ({value!r}); see "
-                              "`benchbio run --help` for what it takes")
-        out[key] = value
+                              "`benchbio run --help` for what it takes") from None
     return out
 
 
@@ -267,26 +255,16 @@ def load_spec(path: str | os.PathLike) -> Spec:
 
 # ---------------------------------------------------------------------------- cells
 def dataset_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """A dataset's options after its factory's defaults, without loading any data."""
+    """A dataset's options after coercion and defaults, without loading any data: exactly
+    the ``dataset_options`` a run of it logs to MLflow."""
     from .registry import DATASETS
 
-    factory = DATASETS.get(name)
-    params = {k: p for k, p in inspect.signature(factory).parameters.items()
-              if k != "data_dir" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    takes_any = any(p.kind == p.VAR_KEYWORD
-                    for p in inspect.signature(factory).parameters.values())
-    unknown = sorted(set(given) - set(params))
-    if unknown and not takes_any:
-        raise BenchbioError(f"dataset {name!r} has no option {', '.join(unknown)}; its "
-                            f"options are: {', '.join(params) or 'none'}")
-    resolved = {k: p.default for k, p in params.items() if p.default is not p.empty}
-    resolved.update(given)
-    return resolved
+    return resolved_options(DATASETS.resolve(name, given))
 
 
 def resolved_config(config: RunConfig) -> dict[str, Any]:
     """What decides a cell's figures: every RunConfig field except :data:`NOT_HASHED`,
-    with method and dataset options after their defaults."""
+    with method and dataset options resolved as the run logs them to MLflow."""
     from .registry import METHODS
 
     method = METHODS.create(config.method, **config.method_options)

@@ -171,10 +171,8 @@ class CropDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         sample = self.samples[index]
-        if sample.crowd is not None and is_stack(sample.instances):
-            sample = dataclasses.replace(
-                sample, instances=sample.instances[~np.asarray(sample.crowd, bool)], crowd=None
-            )
+        if sample.crowd is not None:
+            sample = dataclasses.replace(sample, instances=sample.objects(), crowd=None)
         image, instances, fg = augment(sample, self.crop, self.scale, rng)
         targets = self.method.targets(instances, fg if self.use_fg else None)
         return {"image": torch.from_numpy(image), **{k: torch.from_numpy(np.asarray(v))

@@ -14,8 +14,8 @@ import argparse
 
 import numpy as np
 
-from benchbio.commands.run import parse_assignments
 from benchbio.instances import to_stack
+from benchbio.options import parse_assignments
 from benchbio.registry import DATASETS
 
 

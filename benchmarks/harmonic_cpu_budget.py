@@ -33,7 +33,7 @@ from skimage.segmentation import find_boundaries
 from torch.utils.data import DataLoader
 
 from benchbio.cluster import embeddings_to_labels
-from benchbio.commands.run import parse_assignments
+from benchbio.options import parse_assignments
 from benchbio.registry import DATASETS, METHODS
 from benchbio.runtime import seed_everything
 from benchbio.training import CropDataset, evaluate_samples

@@ -1,5 +1,6 @@
-"""Helpers shared by the dataset modules: finding a dataset under a data root, scaling
-images to about [0, 1], pairing image and label files, and fixed splits."""
+"""Helpers shared by the dataset modules: finding a dataset under a data root, pairing
+image and label files, and fixed splits. (Scaling images to about [0, 1] is the core's,
+:mod:`benchbio.io`, because prediction reads images the same way.)"""
 
 from __future__ import annotations
 
@@ -14,19 +15,12 @@ from benchbio.errors import DataError
 
 __all__ = [
     "find_dataset_dir",
-    "to_unit",
-    "scale_8bit",
-    "percentile_normalize",
-    "to_chw",
     "pair_by_stem",
     "fixed_split",
     "carve_val",
     "require_nonempty",
-    "parse_bool",
 ]
 
-#: Percentiles used for microscopy images of more than 8 bits (robust to hot pixels).
-LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.8
 #: Seed of every fixed permutation; numpy's PCG64 stream is stable across machines.
 SPLIT_SEED = 0
 
@@ -56,44 +50,6 @@ def find_dataset_dir(
     )
 
 
-def scale_8bit(image: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 / 255."""
-    return np.asarray(image, dtype=np.float32) / 255.0
-
-
-def percentile_normalize(
-    image: np.ndarray, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE
-) -> np.ndarray:
-    """Map the ``low``..``high`` percentiles of each channel to 0..1 (not clipped)."""
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(img, (low, high))
-    return ((img - lo) / max(float(hi - lo), 1e-6)).astype(np.float32)
-
-
-def to_unit(image: np.ndarray) -> np.ndarray:
-    """Scale to about [0, 1]: /255 for 8-bit, robust percentiles otherwise, bool as 0/1."""
-    image = np.asarray(image)
-    if image.dtype == bool:
-        return image.astype(np.float32)
-    if image.dtype == np.uint8:
-        return scale_8bit(image)
-    return percentile_normalize(image)
-
-
-def to_chw(image: np.ndarray, name: str, drop_alpha: bool = True) -> np.ndarray:
-    """``(H, W)`` -> ``(1, H, W)``; ``(H, W, C)`` (C <= 4) -> ``(C, H, W)``, alpha dropped."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        return image[None]
-    if image.ndim == 3 and image.shape[-1] <= 4 and image.shape[0] > 4:
-        if drop_alpha and image.shape[-1] == 4:
-            image = image[..., :3]
-        return np.moveaxis(image, -1, 0)
-    if image.ndim == 3 and image.shape[0] <= 4:
-        return image
-    raise DataError(f"{name}: cannot read an image of shape {image.shape} as (C, H, W)")
-
-
 def pair_by_stem(
     images: dict[str, Path], labels: dict[str, Path], dataset: str, what: str = "label"
 ) -> list[str]:
@@ -114,7 +70,16 @@ def pair_by_stem(
 
 
 def fixed_split(names: Iterable[str], n_first: int, seed: int = SPLIT_SEED) -> tuple[list, list]:
-    """Split sorted ``names`` by a fixed-seed permutation: (n_first names, the rest), sorted."""
+    """Split sorted ``names`` by a fixed-seed permutation: (n_first names, the rest), sorted.
+
+    The order the names come in does not matter, and the same names always split alike:
+
+    >>> fixed_split(["d", "a", "c", "b", "e"], 2) == fixed_split("abcde", 2)
+    True
+    >>> first, rest = fixed_split("abcde", 2)
+    >>> len(first), len(rest), sorted(first + rest) == list("abcde")
+    (2, 3, True)
+    """
     names = sorted(names)
     order = np.random.default_rng(seed).permutation(len(names))
     first = sorted(names[i] for i in order[:n_first])
@@ -133,24 +98,3 @@ def require_nonempty(names: Sequence[str], dataset: str, split: str, where: Path
     """DataError when a split found no images."""
     if not names:
         raise DataError(f"{dataset}: the {split!r} split is empty: no images found in {where}")
-
-
-def parse_bool(value: object, name: str) -> bool:
-    """Accept bools and the usual strings (the CLI passes options as text)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise DataError(f"option {name}={value!r} is not a boolean; use true or false")
-
-
-def check_choice(value: str, choices: Sequence[str], name: str, dataset: str) -> str:
-    """DataError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise DataError(
-            f"{dataset}: option {name}={value!r} is not one of: {', '.join(choices)}"
-        )
-    return value

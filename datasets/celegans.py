@@ -14,31 +14,25 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from benchbio.data import InstanceDataset, LazySamples, Sample
-from benchbio.download import Archive, fetch
+from benchbio.download import Archive, Download
 from benchbio.errors import DataError
-from benchbio.io import read_image
+from benchbio.io import percentile_normalize, read_image
 from benchbio.registry import register_dataset
 
-from ._common import (
-    carve_val,
-    check_choice,
-    find_dataset_dir,
-    fixed_split,
-    parse_bool,
-    percentile_normalize,
-)
+from ._common import carve_val, find_dataset_dir, fixed_split
 
 NAME = "celegans"
 PARENTS = ("bbbc010", "BBBC010")
 IMAGE_DIRS = ("BBBC010_v1_images", "BBBC010_v2_images")
 FG_DIR = "BBBC010_v1_foreground"
 WORM_DIR = "BBBC010_v1_foreground_eachworm"
-INPUTS = ("foreground", "brightfield")
 #: The brightfield channel: w2 shows the illuminated well disk (median ~10x w1's
 #: background); w1 is the dark fluorescence channel.
 BRIGHTFIELD_CHANNEL = "w2"
@@ -56,11 +50,36 @@ _WORM_RE = re.compile(r"^([A-P]\d{2})_(\d+)_ground_truth\.png$")
 # was found: `benchbio data download celegans` prints the computed sha256 and needs
 # --no-verify (docs/datasets.md).
 BASE_URL = "https://data.broadinstitute.org/bbbc/BBBC010"
-ARCHIVES = [
-    Archive(f"{BASE_URL}/BBBC010_v1_images.zip", subdir="bbbc010"),
-    Archive(f"{BASE_URL}/BBBC010_v1_foreground.zip", subdir="bbbc010"),
-    Archive(f"{BASE_URL}/BBBC010_v1_foreground_eachworm.zip", subdir="bbbc010"),
-]
+DOWNLOAD = Download(
+    archives=(
+        Archive(f"{BASE_URL}/BBBC010_v1_images.zip", subdir="bbbc010"),
+        Archive(f"{BASE_URL}/BBBC010_v1_foreground.zip", subdir="bbbc010"),
+        Archive(f"{BASE_URL}/BBBC010_v1_foreground_eachworm.zip", subdir="bbbc010"),
+    ),
+    licence="BBBC images are released for free use; cite the BBBC010 set (Ljosa et al., "
+    "Nature Methods 2012; Wahlby et al., Nature Methods 2012).",
+)
+
+
+@dataclass
+class CelegansOptions:
+    """Options of the celegans dataset.
+
+    Attributes:
+        input: what the network sees: the binary "foreground" image (the paper's
+            protocol; the mask is also given at test time) or the "brightfield" (w2)
+            channel.
+        all_wells: also train on the wells outside the paper's 97 (C13, C14, D24 have
+            no brightfield image, so this needs input=foreground).
+    """
+
+    input: Literal["foreground", "brightfield"] = "foreground"
+    all_wells: bool = False
+
+    def __post_init__(self) -> None:
+        if self.all_wells and self.input != "foreground":
+            raise DataError(f"{NAME}: all_wells=true needs input=foreground (C13, C14 have "
+                            "no brightfield image)")
 
 
 def _is_bbbc010(folder: Path) -> bool:
@@ -109,15 +128,6 @@ def get_celegans_paths(root: str | os.PathLike | None) -> dict[str, dict]:
             )
         wells[well][channel] = path
     return wells
-
-
-def download_celegans(
-    root: str | os.PathLike | None = None, no_verify: bool = False, **kwargs: object
-) -> Path:
-    """Download and unpack BBBC010 images, foreground and per-worm masks (no checksums)."""
-    from benchbio.data import data_root
-
-    return fetch(ARCHIVES, data_root(root), no_verify=no_verify, **kwargs)
 
 
 def split_wells(paired: list[str]) -> dict[str, list[str]]:
@@ -173,39 +183,25 @@ def _usable(wells: dict[str, dict], input: str) -> list[str]:
     return sorted(w for w, e in wells.items() if e[key] is not None)
 
 
-def get_celegans_dataset(
-    root: str | os.PathLike | None = None, input: str = "foreground", all_wells: bool = False
-) -> InstanceDataset:
-    """BBBC010 with the paper's 50/47 split; worms as an overlapping mask stack."""
-    check_choice(input, INPUTS, "input", NAME)
-    all_wells = parse_bool(all_wells, "all_wells")
-    wells = get_celegans_paths(root)
-    usable = _usable(wells, input)
+@register_dataset(NAME, options=CelegansOptions)
+def celegans(options: CelegansOptions, data_dir: str | None = None) -> InstanceDataset:
+    """BBBC010 C. elegans worms (input=foreground|brightfield), paper's 50/47 well split."""
+    wells = get_celegans_paths(data_dir)
+    usable = _usable(wells, options.input)
     paired = [w for w in usable if w not in UNPAIRED_WELLS]
     splits = split_wells(paired)
-    if all_wells:
-        if input != "foreground":
-            raise DataError(f"{NAME}: all_wells=true needs input=foreground (C13, C14 have "
-                            "no brightfield image)")
+    if options.all_wells:
         splits["train"] = sorted(splits["train"] + [w for w in usable if w in UNPAIRED_WELLS])
-    load = _loader(wells, input)
+    load = _loader(wells, options.input)
     return InstanceDataset(
         name=NAME,
         splits={k: LazySamples(v, load) for k, v in splits.items()},
         in_channels=1,
         metrics=("coco", "sbd", "dsb_accuracy"),
         val_metric="ap",
-        fg_at_test=input == "foreground",
+        fg_at_test=options.input == "foreground",
         min_area=MIN_AREA,
-        options={"input": input, "all_wells": all_wells},
-        description=f"BBBC010 C. elegans, {input} input: {sum(map(len, splits.values()))} "
-        "wells, overlapping worms as mask stacks",
+        options=options,
+        description=f"BBBC010 C. elegans, {options.input} input: "
+        f"{sum(map(len, splits.values()))} wells, overlapping worms as mask stacks",
     )
-
-
-@register_dataset(NAME)
-def celegans(
-    data_dir: str | None = None, input: str = "foreground", all_wells: bool = False
-) -> InstanceDataset:
-    """BBBC010 C. elegans worms (input=foreground|brightfield), paper's 50/47 well split."""
-    return get_celegans_dataset(data_dir, input=input, all_wells=all_wells)

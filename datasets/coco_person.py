@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,11 +20,11 @@ import numpy as np
 from PIL import Image
 
 from benchbio.data import InstanceDataset, LazySamples, Sample
-from benchbio.download import Archive, fetch
+from benchbio.download import Archive, Download
 from benchbio.errors import DataError
 from benchbio.registry import register_dataset
 
-from ._common import carve_val, find_dataset_dir, parse_bool
+from ._common import carve_val, find_dataset_dir
 
 NAME = "coco-person"
 PARENTS = ("coco", "coco2017", "COCO", "coco_person_sample")
@@ -35,15 +36,37 @@ MIN_AREA = 100
 # torchvision-style scripts, MLPerf download scripts); sha256s and sizes (815,585,330 and
 # 252,907,541 bytes) as recorded for the same files in a third-party reproduction log.
 # Both digests are checked.
-ARCHIVES = [
-    Archive("http://images.cocodataset.org/zips/val2017.zip", subdir="coco",
-            sha256="4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05",
-            md5="442b8da7639aecaf257c1dceb8ba8c80"),
-    Archive("http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
-            subdir="coco",
-            sha256="113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268",
-            md5="f4bbac642086de4f52a3fdda2de5fa2c"),
-]
+DOWNLOAD = Download(
+    archives=(
+        Archive("http://images.cocodataset.org/zips/val2017.zip", subdir="coco",
+                sha256="4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05",
+                md5="442b8da7639aecaf257c1dceb8ba8c80"),
+        Archive("http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+                subdir="coco",
+                sha256="113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268",
+                md5="f4bbac642086de4f52a3fdda2de5fa2c"),
+    ),
+    licence="COCO annotations are CC BY 4.0; the images keep their Flickr licences "
+    "(listed per image in the annotation JSON). Cite Lin et al., ECCV 2014.",
+)
+
+
+@dataclass
+class CocoPersonOptions:
+    """Options of the coco-person dataset.
+
+    Attributes:
+        size: letterbox side in pixels (the paper's 448); None (or 0) keeps native size.
+        only_with_person: only images with at least one person annotation (crowd
+            included); false also scores false positives on person-free images.
+    """
+
+    size: int | None = SIZE
+    only_with_person: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size == 0:
+            self.size = None
 
 
 def _annotation(folder: Path, split: str) -> Path:
@@ -96,15 +119,6 @@ def get_coco_person_paths(
     return out
 
 
-def download_coco_person(
-    root: str | os.PathLike | None = None, no_verify: bool = False, **kwargs: object
-) -> Path:
-    """Download val2017 images and the 2017 annotations (sha256 + md5 checked)."""
-    from benchbio.data import data_root
-
-    return fetch(ARCHIVES, data_root(root), no_verify=no_verify, **kwargs)
-
-
 def letterbox(array: np.ndarray, size: int, resample: int) -> np.ndarray:
     """Resize so the long side is ``size``, then zero-pad bottom/right to size x size."""
     h, w = array.shape[:2]
@@ -146,18 +160,15 @@ def _loader(paths: dict[str, tuple[Path, int]], ann: dict[str, Path], size: int 
     return load
 
 
-def get_coco_person_dataset(
-    root: str | os.PathLike | None = None, size: int | None = SIZE, only_with_person: bool = True
-) -> InstanceDataset:
-    """COCO person: test = val2017; train2017 (500 carved for val) where present."""
-    only_with_person = parse_bool(only_with_person, "only_with_person")
-    size = int(size) if size not in (None, "", "none", "None", 0, "0") else None
-    folder = find_coco_dir(root)
-    test = get_coco_person_paths(root, "val", only_with_person)
-    train_all = get_coco_person_paths(root, "train", only_with_person)
+@register_dataset(NAME, options=CocoPersonOptions)
+def coco_person(options: CocoPersonOptions, data_dir: str | None = None) -> InstanceDataset:
+    """COCO 2017 person class, letterboxed to 448x448; test = val2017, COCO AP with crowds."""
+    folder = find_coco_dir(data_dir)
+    test = get_coco_person_paths(data_dir, "val", options.only_with_person)
+    train_all = get_coco_person_paths(data_dir, "train", options.only_with_person)
     train, val = carve_val(sorted(train_all), N_VAL) if train_all else ([], [])
     ann = {s: _annotation(folder, s) for s in ("val", "train")}
-    load = _loader({**train_all, **test}, ann, size)
+    load = _loader({**train_all, **test}, ann, options.size)
     return InstanceDataset(
         name=NAME,
         splits={"train": LazySamples(train, load), "val": LazySamples(val, load),
@@ -167,15 +178,7 @@ def get_coco_person_dataset(
         val_metric="ap",
         fg_at_test=False,
         min_area=MIN_AREA,
-        options={"size": size, "only_with_person": only_with_person},
+        options=options,
         description=f"COCO 2017 person: {len(test)} val2017 images (test), "
         f"{len(train_all)} train2017",
     )
-
-
-@register_dataset(NAME)
-def coco_person(
-    data_dir: str | None = None, size: int | None = SIZE, only_with_person: bool = True
-) -> InstanceDataset:
-    """COCO 2017 person class, letterboxed to 448x448; test = val2017, COCO AP with crowds."""
-    return get_coco_person_dataset(data_dir, size=size, only_with_person=only_with_person)

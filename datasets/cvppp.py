@@ -9,31 +9,42 @@ test images are hidden, so benchbio holds out a fixed quarter of the training im
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from benchbio.data import InstanceDataset, LazySamples, Sample
-from benchbio.errors import BenchbioError, DataError
-from benchbio.io import read_image, read_labels
+from benchbio.download import Download
+from benchbio.errors import DataError
+from benchbio.io import read_image, read_labels, scale_8bit, to_chw
 from benchbio.registry import register_dataset
 
-from ._common import (
-    carve_val,
-    check_choice,
-    find_dataset_dir,
-    fixed_split,
-    pair_by_stem,
-    require_nonempty,
-    scale_8bit,
-    to_chw,
-)
+from ._common import carve_val, find_dataset_dir, fixed_split, pair_by_stem, require_nonempty
 
 NAME = "cvppp"
-SEQUENCES = ("A1", "A2", "A3", "A4")
 #: Folder names the data may sit under: benchbio's/shared copy and the organisers' archive.
 PARENTS = ("cvppp2017_lsc", "CVPPP2017_LSC_training", "CVPPP2017_LSC", "cvppp")
 #: Smallest leaf kept by methods (pixels, native resolution); A1's smallest leaf has 76.
 MIN_AREA = 50
 URL = "https://www.plant-phenotyping.org/datasets-home"
+DOWNLOAD = Download(
+    manual=f"CVPPP cannot be downloaded automatically: register and download "
+    f"CVPPP2017_LSC_training from {URL}, then unpack it so that "
+    "{root}/cvppp2017_lsc/training/A1/plant001_rgb.png exists",
+    licence="the CVPPP data is released for research use under the organisers' terms, "
+    "accepted on registration; do not redistribute it.",
+)
+
+
+@dataclass
+class CvpppOptions:
+    """Options of the cvppp dataset.
+
+    Attributes:
+        sequence: the challenge's training sequence (A1-A3 Arabidopsis, A4 tobacco).
+    """
+
+    sequence: Literal["A1", "A2", "A3", "A4"] = "A1"
 
 
 def _has_plants(folder: Path) -> bool:
@@ -54,23 +65,11 @@ def get_cvppp_paths(
     root: str | os.PathLike | None, sequence: str = "A1"
 ) -> dict[str, tuple[Path, Path]]:
     """Plant name -> (rgb, label) paths, sorted by name; every image must have a label."""
-    check_choice(sequence, SEQUENCES, "sequence", NAME)
     folder = find_cvppp_dir(root, sequence)
     images = {p.name[: -len("_rgb.png")]: p for p in folder.glob("plant*_rgb.png")}
     labels = {p.name[: -len("_label.png")]: p for p in folder.glob("plant*_label.png")}
     names = pair_by_stem(images, labels, NAME)
     return {n: (images[n], labels[n]) for n in names}
-
-
-def download_cvppp(root: str | os.PathLike | None = None, **_: object) -> None:
-    """CVPPP needs registration: say where to get it and where to put it."""
-    from benchbio.data import data_root
-
-    raise BenchbioError(
-        f"CVPPP cannot be downloaded automatically: register and download "
-        f"CVPPP2017_LSC_training from {URL}, then unpack it so that "
-        f"{data_root(root) / 'cvppp2017_lsc' / 'training' / 'A1'}/plant001_rgb.png exists"
-    )
 
 
 def split_names(names: list[str]) -> dict[str, list[str]]:
@@ -96,13 +95,12 @@ def _loader(paths: dict[str, tuple[Path, Path]]):
     return load
 
 
-def get_cvppp_dataset(
-    root: str | os.PathLike | None = None, sequence: str = "A1"
-) -> InstanceDataset:
-    """The CVPPP dataset with benchbio's fixed held-out split and the challenge metrics."""
-    paths = get_cvppp_paths(root, sequence)
+@register_dataset(NAME, options=CvpppOptions)
+def cvppp(options: CvpppOptions, data_dir: str | None = None) -> InstanceDataset:
+    """CVPPP 2017 leaf segmentation (A1 default; A2-A4 by sequence=), held-out 1/4 test split."""
+    paths = get_cvppp_paths(data_dir, options.sequence)
     names = list(paths)
-    require_nonempty(names, NAME, "all", find_cvppp_dir(root, sequence))
+    require_nonempty(names, NAME, "all", find_cvppp_dir(data_dir, options.sequence))
     load = _loader(paths)
     return InstanceDataset(
         name=NAME,
@@ -112,12 +110,7 @@ def get_cvppp_dataset(
         val_metric="sbd",
         fg_at_test=False,
         min_area=MIN_AREA,
-        options={"sequence": sequence},
-        description=f"CVPPP 2017 LSC {sequence}: {len(names)} plant images, leaves as labels",
+        options=options,
+        description=f"CVPPP 2017 LSC {options.sequence}: {len(names)} plant images, leaves "
+        "as labels",
     )
-
-
-@register_dataset(NAME)
-def cvppp(data_dir: str | None = None, sequence: str = "A1") -> InstanceDataset:
-    """CVPPP 2017 leaf segmentation (A1 default; A2-A4 by sequence=), held-out 1/4 test split."""
-    return get_cvppp_dataset(data_dir, sequence=sequence)

@@ -10,28 +10,34 @@ on non-overlapping 256x256 tiles (SBD per tile, averaged).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchbio.data import InstanceDataset, LazySamples, Sample
-from benchbio.errors import BenchbioError, DataError
-from benchbio.io import read_image, read_labels
+from benchbio.download import Download
+from benchbio.errors import DataError
+from benchbio.io import read_image, read_labels, to_chw, to_unit
 from benchbio.registry import register_dataset
 
-from ._common import (
-    carve_val,
-    find_dataset_dir,
-    fixed_split,
-    pair_by_stem,
-    require_nonempty,
-    to_chw,
-    to_unit,
-)
+from ._common import carve_val, find_dataset_dir, fixed_split, pair_by_stem, require_nonempty
 
 NAME = "ecoli"
 PARENTS = ("ecoli", "E.coli", "e_coli", "deep_coloring/ecoli")
 N_TEST, N_VAL = 7, 5
 EVAL_TILE = 256
 MIN_AREA = 20
+DOWNLOAD = Download(
+    manual="the E. coli set of the Deep Coloring / harmonic-embeddings papers has no public "
+    "direct download; ask its authors (Kulikov & Lempitsky) for it and put its "
+    "NAME_rgb.png + NAME_label.png files in {root}/ecoli",
+    licence="the Deep Coloring authors' to state; cite Kulikov, Yurchenko, Lempitsky, "
+    "arXiv:1807.10007, 2018.",
+)
+
+
+@dataclass
+class EcoliOptions:
+    """The ecoli dataset has no options: the paper's protocol is fixed."""
 
 
 def _has_pairs(folder: Path) -> bool:
@@ -53,17 +59,6 @@ def get_ecoli_paths(root: str | os.PathLike | None) -> dict[str, tuple[Path, Pat
     return {n: (images[n], labels[n]) for n in names}
 
 
-def download_ecoli(root: str | os.PathLike | None = None, **_: object) -> None:
-    """No public direct download is known: say where to put a copy."""
-    from benchbio.data import data_root
-
-    raise BenchbioError(
-        "the E. coli set of the Deep Coloring / harmonic-embeddings papers has no public "
-        "direct download; ask the authors (Kulikov & Lempitsky) for it and put its "
-        f"NAME_rgb.png + NAME_label.png files in {data_root(root) / 'ecoli'}"
-    )
-
-
 def split_names(names: list[str]) -> dict[str, list[str]]:
     """7 test images by a fixed-seed permutation of the sorted names; 5 val from train."""
     test, train = fixed_split(names, N_TEST)
@@ -83,11 +78,12 @@ def _loader(paths: dict[str, tuple[Path, Path]]):
     return load
 
 
-def get_ecoli_dataset(root: str | os.PathLike | None = None) -> InstanceDataset:
-    """E. coli with the paper's 30/7 split, scored on 256x256 tiles."""
-    paths = get_ecoli_paths(root)
+@register_dataset(NAME, options=EcoliOptions)
+def ecoli(options: EcoliOptions, data_dir: str | None = None) -> InstanceDataset:
+    """E. coli bright-field (Deep Coloring layout), 30/7 split, SBD on 256x256 tiles."""
+    paths = get_ecoli_paths(data_dir)
     names = list(paths)
-    require_nonempty(names, NAME, "all", find_ecoli_dir(root))
+    require_nonempty(names, NAME, "all", find_ecoli_dir(data_dir))
     load = _loader(paths)
     in_channels = load(names[0]).image.shape[0]
     return InstanceDataset(
@@ -99,13 +95,7 @@ def get_ecoli_dataset(root: str | os.PathLike | None = None) -> InstanceDataset:
         fg_at_test=False,
         min_area=MIN_AREA,
         eval_tile=EVAL_TILE,
-        options={},
+        options=options,
         description=f"E. coli bright-field (Deep Coloring): {len(names)} images, "
         f"scored on {EVAL_TILE}px tiles",
     )
-
-
-@register_dataset(NAME)
-def ecoli(data_dir: str | None = None) -> InstanceDataset:
-    """E. coli bright-field (Deep Coloring layout), 30/7 split, SBD on 256x256 tiles."""
-    return get_ecoli_dataset(data_dir)

@@ -9,20 +9,43 @@ stacks. 8-bit images are divided by 255, others scaled by robust percentiles. Wi
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchbio.data import InstanceDataset, LazySamples, Sample, data_root
 from benchbio.errors import DataError
 from benchbio.instances import spatial_shape
-from benchbio.io import list_images, read_image, read_labels
+from benchbio.io import list_images, read_image, read_labels, to_chw, to_unit
 from benchbio.registry import register_dataset
 
-from ._common import carve_val, pair_by_stem, require_nonempty, to_chw, to_unit
+from ._common import carve_val, pair_by_stem, require_nonempty
 
 NAME = "folder"
 SPLITS = ("train", "val", "test")
 LAYOUT = "{train,val,test}/{images,masks}/ (val optional)"
 VAL_FRACTION = 0.1
+
+
+@dataclass
+class FolderOptions:
+    """Options of the folder dataset: the evaluation protocol of your data.
+
+    Attributes:
+        metrics: comma-separated metric plugins scored on the test split.
+        val_metric: the metric key (higher is better) that selects the best checkpoint.
+        min_area: smallest instance (pixels) a method keeps.
+        eval_tile: score images as non-overlapping tiles of this size; None (or 0): whole.
+    """
+
+    metrics: str = "sbd,dic,fg_bg_dice"
+    val_metric: str = "sbd"
+    min_area: int = 20
+    eval_tile: int | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics = ",".join(m.strip() for m in self.metrics.split(",") if m.strip())
+        if self.eval_tile == 0:
+            self.eval_tile = None
 
 
 def find_folder_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -80,17 +103,10 @@ def _loader(paths: dict[str, tuple[Path, Path]]):
     return load
 
 
-def get_folder_dataset(
-    root: str | os.PathLike | None,
-    metrics: str | tuple[str, ...] = ("sbd", "dic", "fg_bg_dice"),
-    val_metric: str = "sbd",
-    min_area: int = 20,
-    eval_tile: int | None = None,
-) -> InstanceDataset:
-    """The user's folder as given; validation carved from train when val/ is absent."""
-    if isinstance(metrics, str):
-        metrics = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    found = {s: get_folder_paths(root, s) for s in SPLITS}
+@register_dataset(NAME, options=FolderOptions)
+def folder(options: FolderOptions, data_dir: str | None = None) -> InstanceDataset:
+    """Your own data: {train,val,test}/{images,masks}/ TIFF or PNG, masks as label images."""
+    found = {s: get_folder_paths(data_dir, s) for s in SPLITS}
     names = {s: sorted(found[s]) for s in SPLITS}
     if not found["val"]:
         n_val = max(1, round(VAL_FRACTION * len(names["train"])))
@@ -100,30 +116,15 @@ def get_folder_dataset(
         source = found[split] or found["train"]  # a carved val reads train's files
         splits[split] = LazySamples(names[split], _loader(source))
     in_channels = splits["train"][0].image.shape[0]
-    eval_tile = int(eval_tile) if eval_tile not in (None, "", "none", "None", 0) else None
     return InstanceDataset(
         name=NAME,
         splits=splits,
         in_channels=in_channels,
-        metrics=tuple(metrics),
-        val_metric=val_metric,
+        metrics=tuple(options.metrics.split(",")),
+        val_metric=options.val_metric,
         fg_at_test=False,
-        min_area=int(min_area),
-        eval_tile=eval_tile,
-        options={"metrics": ",".join(metrics), "val_metric": val_metric,
-                 "min_area": int(min_area), "eval_tile": eval_tile},
-        description=f"user folder {data_root(root)}",
+        min_area=options.min_area,
+        eval_tile=options.eval_tile,
+        options=options,
+        description=f"user folder {data_root(data_dir)}",
     )
-
-
-@register_dataset(NAME)
-def folder(
-    data_dir: str | None = None,
-    metrics: str = "sbd,dic,fg_bg_dice",
-    val_metric: str = "sbd",
-    min_area: int = 20,
-    eval_tile: int | None = None,
-) -> InstanceDataset:
-    """Your own data: {train,val,test}/{images,masks}/ TIFF or PNG, masks as label images."""
-    return get_folder_dataset(data_dir, metrics=metrics, val_metric=val_metric,
-                              min_area=min_area, eval_tile=eval_tile)

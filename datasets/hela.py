@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchbio.data import InstanceDataset, LazySamples, Sample
-from benchbio.download import Archive, fetch
+from benchbio.download import Archive, Download
 from benchbio.errors import DataError
 from benchbio.instances import foreground
-from benchbio.io import read_image, read_labels
+from benchbio.io import percentile_normalize, read_image, read_labels
 from benchbio.registry import register_dataset
 
-from ._common import carve_val, find_dataset_dir, parse_bool, percentile_normalize
+from ._common import carve_val, find_dataset_dir
 
 NAME = "hela"
 FOLDER = "DIC-C2DH-HeLa"
@@ -35,12 +36,29 @@ _SEG_RE = re.compile(r"^man_seg(\d+)\.tif$")
 # sha256 of the training archive from torch-em's Cell Tracking Challenge module
 # (constantinpape/torch-em, torch_em/data/datasets/light_microscopy/ctc.py, CTC_CHECKSUMS
 # ["train"]["DIC-C2DH-HeLa"], commit 041b5402); micro-sam's sample_data.py pins the same.
-ARCHIVES = [
-    Archive(
-        "http://data.celltrackingchallenge.net/training-datasets/DIC-C2DH-HeLa.zip",
-        sha256="832fed2d05bb7488cf9c51a2994b75f8f3f53b3c3098856211f2d39023c34e1a",
-    )
-]
+DOWNLOAD = Download(
+    archives=(
+        Archive(
+            "http://data.celltrackingchallenge.net/training-datasets/DIC-C2DH-HeLa.zip",
+            sha256="832fed2d05bb7488cf9c51a2994b75f8f3f53b3c3098856211f2d39023c34e1a",
+        ),
+    ),
+    licence="Cell Tracking Challenge data are free for research use under the challenge's "
+    "terms of use; cite Ulman et al. 2017 and Maska et al. 2023. Data courtesy of Dr. Gert "
+    "van Cappellen, Erasmus Medical Center, Rotterdam.",
+)
+
+
+@dataclass
+class HelaOptions:
+    """Options of the hela dataset.
+
+    Attributes:
+        use_fg: give the ground-truth foreground at test time (the paper's "with
+            foreground mask" figure); methods then take the background from it.
+    """
+
+    use_fg: bool = False
 
 
 def _is_ctc(folder: Path) -> bool:
@@ -78,15 +96,6 @@ def get_hela_paths(root: str | os.PathLike | None, sequence: str) -> dict[str, t
     return out
 
 
-def download_hela(
-    root: str | os.PathLike | None = None, no_verify: bool = False, **kwargs: object
-) -> Path:
-    """Download and unpack the CTC DIC-C2DH-HeLa training archive (sha256-checked)."""
-    from benchbio.data import data_root
-
-    return fetch(ARCHIVES, data_root(root), no_verify=no_verify, **kwargs)
-
-
 def _loader(paths: dict[str, tuple[Path, Path]], use_fg: bool):
     def load(name: str) -> Sample:
         frame, seg = paths[name]
@@ -102,15 +111,13 @@ def _loader(paths: dict[str, tuple[Path, Path]], use_fg: bool):
     return load
 
 
-def get_hela_dataset(
-    root: str | os.PathLike | None = None, use_fg: bool = False
-) -> InstanceDataset:
-    """HeLa: sequence 01's annotated frames train (2 of them validate), 02's test."""
-    use_fg = parse_bool(use_fg, "use_fg")
-    train_paths = get_hela_paths(root, TRAIN_SEQUENCE)
-    test_paths = get_hela_paths(root, TEST_SEQUENCE)
+@register_dataset(NAME, options=HelaOptions)
+def hela(options: HelaOptions, data_dir: str | None = None) -> InstanceDataset:
+    """CTC DIC-C2DH-HeLa annotated frames, 9 train (01) / 9 test (02); use_fg gives the mask."""
+    train_paths = get_hela_paths(data_dir, TRAIN_SEQUENCE)
+    test_paths = get_hela_paths(data_dir, TEST_SEQUENCE)
     train, val = carve_val(list(train_paths), N_VAL)
-    load = _loader({**train_paths, **test_paths}, use_fg)
+    load = _loader({**train_paths, **test_paths}, options.use_fg)
     return InstanceDataset(
         name=NAME,
         splits={"train": LazySamples(train, load), "val": LazySamples(val, load),
@@ -118,15 +125,9 @@ def get_hela_dataset(
         in_channels=1,
         metrics=("sbd", "dic", "fg_bg_dice"),
         val_metric="sbd",
-        fg_at_test=use_fg,
+        fg_at_test=options.use_fg,
         min_area=MIN_AREA,
-        options={"use_fg": use_fg},
+        options=options,
         description=f"CTC DIC-C2DH-HeLa annotated frames: {len(train_paths)} train (seq 01), "
         f"{len(test_paths)} test (seq 02)",
     )
-
-
-@register_dataset(NAME)
-def hela(data_dir: str | None = None, use_fg: bool = False) -> InstanceDataset:
-    """CTC DIC-C2DH-HeLa annotated frames, 9 train (01) / 9 test (02); use_fg gives the mask."""
-    return get_hela_dataset(data_dir, use_fg=use_fg)

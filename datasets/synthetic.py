@@ -11,6 +11,9 @@ the input is the binary foreground, as in the BBBC010 protocol, scored with COCO
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
@@ -19,7 +22,14 @@ from benchbio.data import InstanceDataset, LazySamples, Sample
 from benchbio.errors import BenchbioError
 from benchbio.registry import register_dataset
 
-__all__ = ["make_cells", "make_worms", "synthetic_cells", "synthetic_worms"]
+__all__ = [
+    "GeneratedOptions",
+    "CellsOptions",
+    "make_cells",
+    "make_worms",
+    "synthetic_cells",
+    "synthetic_worms",
+]
 
 _SPLIT_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}
 
@@ -126,15 +136,52 @@ def _split_samples(make, prefix: str, seed: int, split: str, count: int, fg_inpu
     return LazySamples([f"{prefix}_{split}_{i:03d}" for i in range(count)], load)
 
 
+@dataclass
+class GeneratedOptions:
+    """Options of every generated dataset (synthetic-worms has these only).
+
+    Attributes:
+        seed: seed of the generator; each split draws its own images from it.
+        n_train, n_val, n_test: images per split.
+        size: side of the square images (pixels).
+    """
+
+    seed: int = 0
+    n_train: int = 48
+    n_val: int = 8
+    n_test: int = 16
+    size: int = 128
+
+
+@dataclass
+class CellsOptions(GeneratedOptions):
+    """Options of synthetic-cells.
+
+    Attributes:
+        tissue: the fraction of the image the cells may cover (1: a carpet of about 67
+            cells per 128x128 image; 0.3: clumps, about 21 cells, near CVPPP A1's 16
+            leaves).
+    """
+
+    tissue: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_tissue(self.tissue)  # now, not when the first image is generated
+
+
 def _generated(
     name: str, make, fg_input: bool, metrics: tuple[str, ...], description: str,
-    seed: int, counts: dict[str, int], **make_options,
+    options: GeneratedOptions,
 ) -> InstanceDataset:
     """An InstanceDataset whose splits are generated lazily from
-    ``make(seed, **make_options)``."""
+    ``make(seed, size=..., <the options beyond GeneratedOptions>)``."""
     prefix = name.removeprefix("synthetic-")
+    base = {f.name for f in dataclasses.fields(GeneratedOptions)} - {"size"}
+    make_options = {k: v for k, v in dataclasses.asdict(options).items() if k not in base}
+    counts = {"train": options.n_train, "val": options.n_val, "test": options.n_test}
     splits = {
-        k: _split_samples(lambda s: make(s, **make_options), prefix, seed, k, n, fg_input)
+        k: _split_samples(lambda s: make(s, **make_options), prefix, options.seed, k, n,
+                          fg_input)
         for k, n in counts.items()
     }
     return InstanceDataset(
@@ -145,39 +192,26 @@ def _generated(
         val_metric="sbd",
         fg_at_test=fg_input,
         min_area=20,
-        options={"seed": seed, **{f"n_{k}": n for k, n in counts.items()}, **make_options},
+        options=options,
         description=description,
     )
 
 
-@register_dataset("synthetic-cells")
-def synthetic_cells(
-    data_dir: str | None = None, seed: int = 0, n_train: int = 48, n_val: int = 8,
-    n_test: int = 16, size: int = 128, tissue: float = 1.0,
-) -> InstanceDataset:
-    """Densely packed textured cells, generated (no download); CVPPP-style scoring.
-
-    ``tissue`` is the fraction of the image the cells may cover (1: a carpet of about 67
-    cells per 128x128 image; 0.3: clumps, about 21 cells, near CVPPP A1's 16 leaves).
-    """
+@register_dataset("synthetic-cells", options=CellsOptions)
+def synthetic_cells(options: CellsOptions, data_dir: str | None = None) -> InstanceDataset:
+    """Densely packed textured cells, generated (no download); CVPPP-style scoring."""
     del data_dir  # generated, nothing on disk
-    _check_tissue(tissue)  # now, not when the first image is generated
     return _generated(
         "synthetic-cells", make_cells, False, ("sbd", "dic", "fg_bg_dice", "dsb_accuracy"),
-        "densely packed textured cell-like instances, generated from a seed",
-        seed, {"train": n_train, "val": n_val, "test": n_test}, size=size, tissue=tissue,
+        "densely packed textured cell-like instances, generated from a seed", options,
     )
 
 
-@register_dataset("synthetic-worms")
-def synthetic_worms(
-    data_dir: str | None = None, seed: int = 0, n_train: int = 48, n_val: int = 8,
-    n_test: int = 16, size: int = 128,
-) -> InstanceDataset:
+@register_dataset("synthetic-worms", options=GeneratedOptions)
+def synthetic_worms(options: GeneratedOptions, data_dir: str | None = None) -> InstanceDataset:
     """Overlapping worm-like instances from a binary image, generated; COCO AP scoring."""
     del data_dir  # generated, nothing on disk
     return _generated(
         "synthetic-worms", make_worms, True, ("coco", "sbd", "dsb_accuracy"),
-        "overlapping worm-like instances (mask stacks) from a binary image",
-        seed, {"train": n_train, "val": n_val, "test": n_test}, size=size,
+        "overlapping worm-like instances (mask stacks) from a binary image", options,
     )

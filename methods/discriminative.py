@@ -8,8 +8,9 @@ embeddings are clustered by mean-shift, as for harmonic embeddings.
 
 Two registered variants, as in the harmonic paper's Tables 1 and 3 ("our
 implementation"): ``discriminative`` on the plain U-Net, and ``discriminative-sinconv``
-whose decoder convolutions see the dataset's searched guide functions (the guide search
-and its cache are harmonic's, called through :class:`methods.harmonic.Harmonic`).
+(the same method with ``position="sinconv"``) whose decoder convolutions see the
+dataset's searched guide functions (the guide search and its cache are harmonic's,
+called through :class:`methods.harmonic.Harmonic`).
 
 Background follows the harmonic convention: when the protocol gives a foreground mask at
 test time only owned foreground pixels are trained and clustered; otherwise background is
@@ -21,16 +22,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample
-from benchbio.errors import BenchbioError
 from benchbio.guides import GuideMaps
 from benchbio.instances import owner_map
-from benchbio.method import LogFn, Method, MethodOptions
+from benchbio.method import LogFn, Method, MethodOptions, register_variant
 from benchbio.methods.harmonic import Harmonic
 from benchbio.nets import build_unet
 from benchbio.registry import register_method
@@ -38,7 +39,6 @@ from benchbio.registry import register_method
 __all__ = [
     "DiscriminativeOptions",
     "Discriminative",
-    "DiscriminativeSinConv",
     "cluster_targets",
     "discriminative_loss",
 ]
@@ -69,14 +69,14 @@ class DiscriminativeOptions(MethodOptions):
     beta: float = 1.0
     gamma: float = 0.001
     bandwidth: float | None = None
-    position: str = "none"
+    position: Literal["none", "sinconv"] = "none"
     n_guides: int = 12
     eps: float = 0.5
     search_steps: int = 400
     search_lr: float = 10.0
     kernel_size: int = 7
-    clusterer: str = "torch"
-    cluster_kernel: str = "flat"
+    clusterer: Literal["torch", "sklearn"] = "torch"
+    cluster_kernel: Literal["flat", "gaussian"] = "flat"
 
 
 def cluster_targets(instances: np.ndarray, fg: np.ndarray | None) -> np.ndarray:
@@ -159,12 +159,6 @@ class Discriminative(Method):
     def __init__(self, **options) -> None:
         super().__init__(**options)
         o = self.opts
-        if o.position not in ("none", "sinconv"):
-            raise BenchbioError(f"position={o.position!r}: use none or sinconv")
-        if o.clusterer not in ("torch", "sklearn"):
-            raise BenchbioError(f"clusterer={o.clusterer!r}: use torch or sklearn")
-        if o.cluster_kernel not in ("flat", "gaussian"):
-            raise BenchbioError(f"cluster_kernel={o.cluster_kernel!r}: use flat or gaussian")
         if o.bandwidth is None:
             o.bandwidth = o.delta_d
         # The guide search, its cache and its state are harmonic's, reused as they are.
@@ -234,27 +228,11 @@ class Discriminative(Method):
         )
 
 
-@dataclass
-class DiscriminativeSinConvOptions(DiscriminativeOptions):
-    """As :class:`DiscriminativeOptions`, with SinConv decoder layers."""
-
-    position: str = "sinconv"
-
-
-class DiscriminativeSinConv(Discriminative):
-    """The discriminative baseline whose decoder sees the searched guides (SinConv)."""
-
-    name = "discriminative-sinconv"
-    Options = DiscriminativeSinConvOptions
-
-
 @register_method("discriminative")
 def discriminative(**options) -> Discriminative:
     """Discriminative loss (De Brabandere et al. 2017) on the plain U-Net, mean-shift."""
     return Discriminative(**options)
 
 
-@register_method("discriminative-sinconv")
-def discriminative_sinconv(**options) -> DiscriminativeSinConv:
-    """Discriminative loss with SinConv decoder layers fed the searched guides."""
-    return DiscriminativeSinConv(**options)
+register_variant("discriminative-sinconv", Discriminative, "Discriminative loss with SinConv "
+                 "decoder layers fed the searched guides.", position="sinconv")

@@ -30,13 +30,13 @@ claims only its unclaimed pixels (EmbedSeg overwrites); no test-time augmentatio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from benchbio.cluster import remove_small
-from benchbio.errors import BenchbioError
 from benchbio.instances import owner_map
 from benchbio.method import Method, MethodOptions
 from benchbio.nets import build_unet
@@ -66,7 +66,7 @@ class EmbedSegOptions(MethodOptions):
         kernel_size: kernel of the U-Net decoder's first convolutions (as harmonic's: 7).
     """
 
-    n_sigma: int = 2
+    n_sigma: Literal[1, 2] = 2
     foreground_weight: float = 10.0
     w_inst: float = 1.0
     w_var: float = 10.0
@@ -211,11 +211,6 @@ class EmbedSeg(Method):
 
     name = "embedseg"
     Options = EmbedSegOptions
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        if self.opts.n_sigma not in (1, 2):
-            raise BenchbioError(f"n_sigma={self.opts.n_sigma}: use 1 or 2")
 
     @property
     def out_channels(self) -> int:

@@ -25,13 +25,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample, cache_dir
-from benchbio.errors import BenchbioError
 from benchbio.guides import GuideMaps, Guides, guides_figure, sample_guides, search_guides
 from benchbio.instances import is_stack, owner_map, to_stack
 from benchbio.method import LogFn, Method, MethodOptions
@@ -69,14 +69,14 @@ class HarmonicOptions(MethodOptions):
 
     n_guides: int = 12
     eps: float = 0.5
-    position: str = "sinconv"
-    guides: str = "search"
+    position: Literal["sinconv", "coordconv", "none"] = "sinconv"
+    guides: Literal["search", "random", "low", "high"] = "search"
     search_steps: int = 400
     search_lr: float = 10.0
     kernel_size: int = 7
-    clusterer: str = "torch"
-    cluster_metric: str = "l2"
-    cluster_kernel: str = "flat"
+    clusterer: Literal["torch", "sklearn"] = "torch"
+    cluster_metric: Literal["l2", "l1"] = "l2"
+    cluster_kernel: Literal["flat", "gaussian"] = "flat"
 
 
 def harmonic_targets(
@@ -122,17 +122,6 @@ class Harmonic(Method):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        o = self.opts
-        if o.position not in ("sinconv", "coordconv", "none"):
-            raise BenchbioError(f"position={o.position!r}: use sinconv, coordconv or none")
-        if o.guides != "search" and o.guides not in GUIDE_RANGES:
-            raise BenchbioError(f"guides={o.guides!r}: use search, {', '.join(GUIDE_RANGES)}")
-        if o.clusterer not in ("torch", "sklearn"):
-            raise BenchbioError(f"clusterer={o.clusterer!r}: use torch or sklearn")
-        if o.cluster_metric not in ("l1", "l2"):
-            raise BenchbioError(f"cluster_metric={o.cluster_metric!r}: use l1 or l2")
-        if o.cluster_kernel not in ("flat", "gaussian"):
-            raise BenchbioError(f"cluster_kernel={o.cluster_kernel!r}: use flat or gaussian")
         self.guides: Guides | None = None
         self.search: dict[str, float] = {}
         self._maps: GuideMaps | None = None
@@ -151,7 +140,7 @@ class Harmonic(Method):
 
     def fit(self, train: Sequence[Sample], *, seed: int, log: LogFn | None = None) -> None:
         """Search (or draw) the guides for this training set; reuse a cached search."""
-        instances = [_objects_only(s) for s in train]
+        instances = [s.objects() for s in train]
         o = self.opts
         if o.guides != "search":
             shapes = np.array([i.shape[-2:] for i in instances], float)
@@ -232,13 +221,6 @@ class Harmonic(Method):
             clusterer=self.opts.clusterer, metric=self.opts.cluster_metric,
             kernel=self.opts.cluster_kernel,
         )
-
-
-def _objects_only(sample: Sample) -> np.ndarray:
-    """A sample's instances without COCO crowd regions (they are not objects)."""
-    if sample.crowd is not None and is_stack(sample.instances):
-        return np.asarray(sample.instances)[~np.asarray(sample.crowd, bool)]
-    return sample.instances
 
 
 @register_method("harmonic")

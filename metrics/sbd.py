@@ -17,6 +17,12 @@ def best_dice(dice: np.ndarray) -> float:
     (CVPPP: the first argument has no foreground), and 0 per row when there are no
     columns. Rows are the consecutive labels 1..n, so this equals the official code's
     sum divided by ``max - min`` on sequentially relabelled images.
+
+    >>> dice = np.array([[0.9, 0.1], [0.0, 0.5], [0.2, 0.0]])  # 3 rows, 2 columns
+    >>> round(best_dice(dice), 4), round(best_dice(dice.T), 4)  # (0.9+0.5+0.2)/3, (0.9+0.5)/2
+    (0.5333, 0.7)
+    >>> best_dice(np.zeros((0, 2)))
+    0.0
     """
     if dice.shape[0] == 0 or dice.shape[1] == 0:
         return 0.0

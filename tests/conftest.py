@@ -162,3 +162,17 @@ def mlflow_server(tmp_path, monkeypatch, _empty_store_template):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         log.close()
+
+
+#: Small values for option fields that set a run's size, by field name: a test gives a
+#: plugin those of its fields its Options dataclass has (no list of plugin names).
+TINY_VALUES = {"width": 4, "kernel_size": 3, "search_steps": 5, "n_train": 2, "n_val": 1,
+               "n_test": 1, "size": 32}
+
+
+def tiny_options(options_type: type) -> dict:
+    """The :data:`TINY_VALUES` of the fields the options dataclass ``options_type`` has."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(options_type)}
+    return {k: v for k, v in TINY_VALUES.items() if k in fields}

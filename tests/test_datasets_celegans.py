@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from benchbio.datasets.celegans import get_celegans_paths
-from benchbio.errors import DataError
+from benchbio.errors import BenchbioError, DataError
 from benchbio.registry import DATASETS
 
 WELLS = [f"{r}{c:02d}" for r in "ABCD" for c in range(1, 25)] + ["E01", "E02", "E03", "E04"]
@@ -92,7 +92,7 @@ def test_tiny_split_and_options(tiny):
 
 
 def test_bad_options(tiny):
-    with pytest.raises(DataError, match="input='gfp'"):
+    with pytest.raises(BenchbioError, match="input='gfp'"):
         DATASETS.create("celegans", data_dir=str(tiny), input="gfp")
     with pytest.raises(DataError, match="all_wells=true needs input=foreground"):
         DATASETS.create("celegans", data_dir=str(tiny), input="brightfield", all_wells=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchbio.datasets.cvppp import download_cvppp, get_cvppp_paths
+from benchbio.datasets.cvppp import get_cvppp_paths
 from benchbio.errors import BenchbioError, DataError
 from benchbio.instances import count_instances
 from benchbio.registry import DATASETS
@@ -71,7 +71,7 @@ def test_other_sequence_by_option(tiny):
     write_plant(tiny / "cvppp2017_lsc" / "training" / "A2", "plant002")
     ds = DATASETS.create("cvppp", data_dir=str(tiny), sequence="A2")
     assert sum(len(v) for v in ds.splits.values()) == 2
-    with pytest.raises(DataError, match="sequence='A9'"):
+    with pytest.raises(BenchbioError, match="sequence='A9'"):
         DATASETS.create("cvppp", data_dir=str(tiny), sequence="A9")
 
 
@@ -108,4 +108,4 @@ def test_unreadable_and_mismatched_files(tiny):
 
 def test_download_says_where_to_register(tmp_path):
     with pytest.raises(BenchbioError, match="plant-phenotyping.org.*cvppp2017_lsc"):
-        download_cvppp(tmp_path)
+        DATASETS.download("cvppp").run(tmp_path)

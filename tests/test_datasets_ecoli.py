@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchbio.datasets.ecoli import download_ecoli
 from benchbio.errors import BenchbioError, DataError
 from benchbio.registry import DATASETS
 
@@ -65,6 +64,6 @@ def test_colour_label_and_size_mismatch(tiny):
         ds.splits["test"][1]
 
 
-def test_no_download():
+def test_no_download(tmp_path):
     with pytest.raises(BenchbioError, match="no public"):
-        download_ecoli()
+        DATASETS.download("ecoli").run(tmp_path)

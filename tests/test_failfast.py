@@ -3,6 +3,8 @@ training starts (and before any MLflow run exists), or is accepted as documented
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlflow
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from benchbio.cli import main
+from benchbio.registry import DATASETS
 from benchbio.training import RunConfig, run
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -222,6 +225,18 @@ def test_unwritable_output_folders(tmp_path, monkeypatch):
 def test_impossible_options(option, value, message):
     assert_one_line(invoke("run", "-m", "harmonic", "-d", "synthetic-cells", *TINY,
                            option, value), message)
+    assert_no_run()
+
+
+@pytest.mark.parametrize("dataset", DATASETS.names())
+def test_unknown_dataset_option_names_the_datasets_options(dataset, tmp_path):
+    """`--data-opt nosuch=1` is one line naming the dataset's options, for every dataset
+    (the options are checked before any data is looked for)."""
+    names = ", ".join(sorted(f.name for f in dataclasses.fields(DATASETS.options_type(dataset))))
+    result = invoke("run", "-m", "harmonic", "-d", dataset, "--data-dir", str(tmp_path), *TINY,
+                    "--data-opt", "nosuch=1")
+    assert_one_line(result, f"dataset {dataset!r} has no option nosuch; its options are: "
+                            f"{names or 'none'}")
     assert_no_run()
 
 

@@ -1,23 +1,22 @@
-"""Every method of issue #5 runs end to end through ``benchbio run`` (tiny settings)."""
+"""Every registered method runs end to end through ``benchbio run`` (tiny settings)."""
 
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_options
 
+from benchbio import METHODS, create_method
 from benchbio.cli import main
-
-GUIDED = ["harmonic-coordconv", "harmonic-noguide", "harmonic-random", "harmonic-low",
-          "harmonic-high", "discriminative", "discriminative-sinconv"]
+from benchbio.registry import DATASETS
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*GUIDED, "embedseg"])
+@pytest.mark.parametrize("name", METHODS.names())
 def test_benchbio_run(name):
-    sets = ["--set", "width=4"]
-    if name in GUIDED:
-        sets += ["--set", "search_steps=5"]
-    data = [f"--data-opt={kv}" for kv in ("n_train=2", "n_val=1", "n_test=1", "size=32")]
+    sets = [f"--set={k}={v}" for k, v in tiny_options(create_method(name).Options).items()]
+    data = [f"--data-opt={k}={v}"
+            for k, v in tiny_options(DATASETS.options_type("synthetic-cells")).items()]
     args = ["run", "--method", name, "--dataset", "synthetic-cells", "--epochs", "1",
             "--batch-size", "2", "--crop-size", "32", "--device", "cpu", "--no-track",
             *sets, *data]

@@ -102,7 +102,7 @@ def trip(monkeypatch, tmp_path):
     METHODS.register("test-trip")(lambda **kw: _Trip(**kw))
     _Trip.calls, _Trip.at_call, _Trip.action = 0, None, None
     yield _Trip
-    METHODS._entries.pop("test-trip")
+    METHODS.unregister("test-trip")
 
 
 def _raise_signal(sig):

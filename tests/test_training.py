@@ -154,7 +154,7 @@ def test_nan_loss_marks_run_failed_with_reason():
     try:
         result = CliRunner().invoke(main, tiny_args("test-nan"))
     finally:
-        METHODS._entries.pop("test-nan")
+        METHODS.unregister("test-nan")
     assert result.exit_code == 2
     assert "loss became nan" in result.output
     r = mlflow.search_runs(experiment_names=["synthetic-cells"], output_format="list")[0]

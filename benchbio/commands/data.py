@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import click
@@ -11,55 +10,14 @@ import numpy as np
 from ..data import data_root
 from ..errors import BenchbioError
 from ..instances import count_instances
+from ..options import parse_assignments
 from ..registry import DATASETS
-
-#: Dataset name -> (module, download function) for `benchbio data download`.
-DOWNLOADS = {
-    "celegans": ("benchbio.datasets.celegans", "download_celegans"),
-    "hela": ("benchbio.datasets.hela", "download_hela"),
-    "coco-person": ("benchbio.datasets.coco_person", "download_coco_person"),
-    "cvppp": ("benchbio.datasets.cvppp", "download_cvppp"),
-    "ecoli": ("benchbio.datasets.ecoli", "download_ecoli"),
-}
-
-
-def _value(text: str):
-    """An option value from text: int, float, bool, none, else the string."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_options(pairs: tuple[str, ...]) -> dict:
-    """``("key=value", ...)`` -> a dict, with one-line errors for malformed pairs."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise BenchbioError(f"--opt {pair!r} is not key=value (e.g. --opt sequence=A2)")
-        options[key.strip()] = _value(value)
-    return options
 
 
 def load_dataset(name: str, data_dir: str | None, opts: tuple[str, ...]):
-    """Create a dataset by name; unknown options become a one-line error."""
-    factory = DATASETS.get(name)
-    options = parse_options(opts)
-    try:
-        return factory(data_dir=data_dir, **options)
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise BenchbioError(f"dataset {name!r}: {exc}; see docs/datasets.md for its "
-                                "options") from None
-        raise
+    """Create a dataset by name with ``--opt key=value`` options (coerced and checked by
+    the registry: an unknown option is a one-line error naming the dataset's options)."""
+    return DATASETS.create(name, data_dir=data_dir, **parse_assignments(opts, "--opt"))
 
 
 @click.group("data")
@@ -76,13 +34,12 @@ def command() -> None:
 @click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives.")
 def download(name: str, data_dir: str | None, no_verify: bool, keep_archives: bool) -> None:
     """Download and unpack dataset NAME into the data root."""
-    if name not in DOWNLOADS:
-        DATASETS.get(name)  # unknown names get the registry's error
+    download = DATASETS.download(name)  # an unknown name gets the registry's error
+    if download is None:
         raise BenchbioError(f"dataset {name!r} has no download; put its files under "
                             f"{data_root(data_dir)} (see docs/datasets.md)")
-    module, function = DOWNLOADS[name]
-    fetch = getattr(importlib.import_module(module), function)
-    root = fetch(data_dir, no_verify=no_verify, keep_archives=keep_archives, echo=click.echo)
+    root = download.run(data_root(data_dir), no_verify=no_verify,
+                        keep_archives=keep_archives, echo=click.echo)
     click.echo(f"{name}: ready in {root}")
 
 

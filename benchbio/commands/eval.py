@@ -11,11 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import DataError
-from ..evaluation import EvalResult, evaluate
+from ..evaluation import EvalResult, default_metrics, evaluate
 from ..io import list_images, read_labels
 from ..registry import METRICS
 
-ALL_METRICS = ("sbd", "dic", "fg_bg_dice", "coco", "dsb_accuracy")
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 # keys left out of the per-image table (still in the means table and the JSON)
 _DETAIL_KEY = re.compile(r"dsb_accuracy_\d+|ap_(small|medium|large)")
@@ -24,7 +23,7 @@ _DETAIL_KEY = re.compile(r"dsb_accuracy_\d+|ap_(small|medium|large)")
 def parse_metrics(values: tuple[str, ...]) -> list[str]:
     """Metric names from repeated and/or comma-separated ``--metrics`` values."""
     names = [n.strip() for v in values for n in v.split(",") if n.strip()]
-    names = list(dict.fromkeys(names)) or list(ALL_METRICS)
+    names = list(dict.fromkeys(names)) or default_metrics()
     for name in names:
         METRICS.get(name)  # unknown name -> UnknownPluginError listing the metrics
     return names
@@ -100,7 +99,8 @@ def print_result(result: EvalResult, console: Console) -> None:
     "--metrics",
     "-m",
     multiple=True,
-    help=f"Metric plugins, comma-separated or repeated (default: {','.join(ALL_METRICS)}).",
+    help="Metric plugins, comma-separated or repeated (default: every metric but those "
+    "whose keys another one also gives).",
 )
 @click.option(
     "--json",

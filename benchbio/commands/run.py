@@ -8,24 +8,13 @@ import logging
 import click
 
 from ..errors import BenchbioError
-from ..method import parse_option_value
+from ..options import parse_assignments
 from ..state import LR_SCHEDULES
 from ..training import RunConfig
 
 #: RunConfig's defaults are the command's: one place says what a run does by default.
 _DEFAULT = {f.name: f.default for f in dataclasses.fields(RunConfig)
             if f.default is not dataclasses.MISSING}
-
-
-def parse_assignments(pairs: tuple[str, ...], what: str) -> dict:
-    """``("a=1", "b=x")`` -> ``{"a": 1, "b": "x"}``, with a clear error for a bad pair."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise BenchbioError(f"{what} {pair!r} is not of the form key=value")
-        out[key.strip().replace("-", "_")] = parse_option_value(value)
-    return out
 
 
 #: CLI parameter -> RunConfig field, for the options a resumed run may be given again.
