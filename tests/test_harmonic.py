@@ -131,7 +131,7 @@ def test_cluster_kernel_option_reaches_the_mean_shift(name, monkeypatch):
     method = benchbio.create_method(name, cluster_kernel="gaussian")
     output = torch.zeros(12, 8, 8)
     output[:, :, 4:] = 1.0  # two flat halves: two clusters, one taken as background
-    labels = method.postprocess(output, None, 0)
+    labels = method.postprocess(output, None, 0).labels
     assert seen == ["gaussian"]
     halves = {int(labels[:, :4].max()), int(labels[:, 4:].max())}
     assert labels.max() == 1 and halves == {0, 1}
