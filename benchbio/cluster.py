@@ -19,6 +19,7 @@ measures it against scikit-learn on a trained model's embeddings (docs/inference
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,6 +28,10 @@ import torch
 from .instances import Prediction, label_means, sequential
 
 __all__ = ["mean_shift", "mean_shift_sklearn", "embeddings_to_labels", "remove_small"]
+
+
+SHIFT_TOL = 1e-2  # a mode has converged when it moves less than this times the bandwidth
+TWIN_DISTANCE = 0.25  # moving modes closer than this times the bandwidth are followed once
 
 
 def _bin_seeds(points: torch.Tensor, bandwidth: float, max_seeds: int) -> torch.Tensor:
@@ -47,13 +52,27 @@ def _distance(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.cdist(a, b, p=1.0 if metric == "l1" else 2.0)
 
 
-def _weights(dist: torch.Tensor, bandwidth: float, kernel: str, dtype: torch.dtype):
-    """Kernel weights of sample points at distances ``dist`` from the modes."""
+def _kernel_weights(
+    modes: torch.Tensor, sample: torch.Tensor, sample_sq: torch.Tensor | None,
+    bandwidth: float, metric: str, kernel: str,
+) -> torch.Tensor:
+    """Kernel weights ``(modes, sample)`` of the sample points around each mode.
+
+    For L2 the squared distances come from one matrix product (``|m|^2 + |s|^2 - 2 m.s``,
+    ``sample_sq`` = ``|s|^2``) compared with the squared bandwidth: no square roots."""
+    if metric == "l2":
+        sq = torch.addmm(sample_sq[None], modes, sample.T, alpha=-2)
+        sq += (modes * modes).sum(1, keepdim=True)
+        if kernel == "flat":
+            return (sq < bandwidth * bandwidth).to(sample.dtype)
+        weight = torch.exp(sq.clamp(min=0) * (-0.5 / bandwidth**2))
+        return weight.masked_fill_(sq >= 9 * bandwidth * bandwidth, 0.0)
+    dist = _distance(modes, sample, metric)
     if kernel == "flat":
-        return (dist < bandwidth).to(dtype)
+        return (dist < bandwidth).to(sample.dtype)
     # Gaussian with standard deviation = bandwidth, cut at 3 bandwidths
     weight = torch.exp(-0.5 * (dist / bandwidth) ** 2)
-    return torch.where(dist < 3 * bandwidth, weight, torch.zeros_like(weight)).to(dtype)
+    return weight.masked_fill_(dist >= 3 * bandwidth, 0.0)
 
 
 def _shift(
@@ -61,21 +80,31 @@ def _shift(
     kernel: str = "flat",
 ) -> torch.Tensor:
     """Move each mode to the kernel-weighted mean of the sample points until it moves
-    less than 1e-3 * bandwidth (early stop per mode; converged modes leave the batch)."""
+    less than ``SHIFT_TOL`` * bandwidth; returns the modes reached.
+
+    All moving modes shift at once (one matrix product per iteration); a converged mode
+    leaves the batch, and so does a mode that comes within ``TWIN_DISTANCE`` * bandwidth
+    of another moving one (from there both climb to the same mode: one is followed)."""
     active = torch.ones(len(modes), dtype=torch.bool, device=modes.device)
-    tol = 1e-3 * bandwidth
+    duplicate = torch.zeros_like(active)
+    tol, twin = SHIFT_TOL * bandwidth, TWIN_DISTANCE * bandwidth
+    sample_sq = (sample * sample).sum(1) if metric == "l2" else None
     for _ in range(max_iter):
         idx = active.nonzero().squeeze(1)
         if len(idx) == 0:
             break
-        near = _weights(_distance(modes[idx], sample, metric), bandwidth, kernel, sample.dtype)
+        near = _kernel_weights(modes[idx], sample, sample_sq, bandwidth, metric, kernel)
         support = near.sum(1, keepdim=True)
         new = torch.where(support > 0, near @ sample / support.clamp(min=1e-12), modes[idx])
-        diff = new - modes[idx]  # exact, unlike cdist's matrix-product shortcut
+        diff = new - modes[idx]
         shift = diff.abs().sum(1) if metric == "l1" else diff.norm(dim=1)
         modes[idx] = new
         active[idx[shift < tol]] = False
-    return modes
+        if len(idx) > 1:  # a mode that has caught up with an earlier one is not followed
+            close = torch.triu(_distance(new, new, metric) < twin, diagonal=1).any(0)
+            duplicate[idx[close]] = True
+            active[idx[close]] = False
+    return modes[~duplicate]
 
 
 def _merge(
@@ -131,10 +160,10 @@ def mean_shift(
     kernel: str = "flat",
     max_iter: int = 100,
     max_seeds: int = 256,
-    max_points: int = 4096,
+    max_points: int = 2048,
     min_support: int = 1,
-    min_cluster: int = 1,
-    rounds: int = 8,
+    min_cluster: int = 20,
+    rounds: int = 3,
     seed: int = 0,
     return_distances: bool = False,
 ):
@@ -152,10 +181,12 @@ def mean_shift(
     Above ``max_points`` points the modes climb on a random subsample of that size drawn
     from ``seed`` (deterministic for a seed); the assignment always uses every point.
     No cluster is lost to the subsample or to the seed limit: after each round, the
-    points (of all ``P``) farther than ``bandwidth`` from every mode join the sample
-    (at most ``max_points`` of them, drawn at random) and seed the next round, as long
-    as at least ``min_cluster`` points are left uncovered and the last round found a new
-    mode, for at most ``rounds`` rounds. Runs on the device of ``points``.
+    points (of all ``P``) farther than ``bandwidth`` from every mode are clustered again
+    on their own (at most ``max_points`` of them, drawn at random), and each of their
+    modes that gathers at least ``min_cluster`` of them (scaled to the subsample) and
+    lies farther than ``bandwidth`` from every kept mode is added. Rounds stop when
+    fewer than ``min_cluster`` points are left uncovered, when a round adds no mode, or
+    after ``rounds`` rounds. Runs on the device of ``points``.
     """
     if metric not in ("l1", "l2"):
         raise ValueError(f"metric must be 'l1' or 'l2', got {metric!r}")
@@ -168,37 +199,32 @@ def mean_shift(
         return (*empty, np.zeros(0, dtype=np.float32)) if return_distances else empty
     rng = np.random.default_rng(seed)
     picked = _subsample(n, max_points, rng)  # indices of the sample, None: every point
-    if picked is not None:
-        picked = picked.to(pts.device)
-    sample = pts if picked is None else pts[picked]
-    in_sample = None
-    centres = sample[:0]
-    seeding = sample
+    sample = pts if picked is None else pts[picked.to(pts.device)]
     with _cpu_threads(1 if pts.device.type == "cpu" else None):
-        for round_ in range(max(rounds, 1)):
-            seeds = _bin_seeds(seeding, bandwidth, max_seeds)
-            modes = _shift(seeds, sample, bandwidth, metric, max_iter, kernel)
-            candidates = torch.cat([centres, modes])
-            keep = _merge(candidates, sample, bandwidth, metric, min_support)
-            found_new = bool((keep >= len(centres)).any())
-            centres = candidates[keep]
-            if len(centres) == 0:  # every mode below min_support: one cluster
-                centres = sample.mean(0, keepdim=True)
+        seeds = _bin_seeds(sample, bandwidth, max_seeds)
+        modes = _shift(seeds, sample, bandwidth, metric, max_iter, kernel)
+        centres = modes[_merge(modes, sample, bandwidth, metric, min_support)]
+        if len(centres) == 0:  # every mode below min_support: one cluster
+            centres = sample.mean(0, keepdim=True)
+        labels, dist = _nearest(pts, centres, metric)
+        for _ in range(max(rounds, 1) - 1):
+            far = (dist >= bandwidth).nonzero().squeeze(1)
+            if len(far) < max(min_cluster, 1):
+                break  # too few points left uncovered to make an instance of their own
+            # the modes of the uncovered points, climbed on (a subsample of) them alone;
+            # kept if they gather enough uncovered points to make an instance
+            drawn = _subsample(len(far), max_points, rng)
+            rest = pts[far if drawn is None else far[drawn.to(pts.device)]]
+            needed = max(min_support, math.ceil(max(min_cluster, 1) * len(rest) / len(far)))
+            modes = _shift(_bin_seeds(rest, bandwidth, max_seeds), rest, bandwidth, metric,
+                           max_iter, kernel)
+            modes = modes[_merge(modes, rest, bandwidth, metric, needed)]
+            if len(modes):
+                modes = modes[(_distance(modes, centres, metric) >= bandwidth).all(1)]
+            if len(modes) == 0:
+                break  # the uncovered points form no new mode
+            centres = torch.cat([centres, modes])
             labels, dist = _nearest(pts, centres, metric)
-            far = dist >= bandwidth
-            if int(far.sum()) < max(min_cluster, 1) or (round_ > 0 and not found_new):
-                break  # all covered, or the left-overs are too few or form no new mode
-            far_idx = far.nonzero().squeeze(1)
-            drawn = _subsample(len(far_idx), max_points, rng)
-            seeding_idx = far_idx if drawn is None else far_idx[drawn.to(pts.device)]
-            seeding = pts[seeding_idx]
-            if picked is not None:  # the uncovered points not yet in the sample join it
-                if in_sample is None:
-                    in_sample = torch.zeros(n, dtype=torch.bool, device=pts.device)
-                    in_sample[picked] = True
-                new = seeding_idx[~in_sample[seeding_idx]]
-                in_sample[new] = True
-                sample = torch.cat([sample, pts[new]])
     labels_np, centres_np = labels.cpu().numpy(), centres.cpu().numpy()
     if return_distances:
         return labels_np, centres_np, dist.cpu().numpy()
@@ -293,7 +319,8 @@ def embeddings_to_labels(
         points = flat[:, torch.as_tensor(mask.ravel(), device=flat.device)].T
     if clusterer == "torch":
         labels, _, dist = mean_shift(points, bandwidth, metric=metric, kernel=kernel, seed=seed,
-                                     min_cluster=max(min_area, 1), return_distances=True)
+                                     min_cluster=min_area if min_area > 1 else 20,
+                                     return_distances=True)
     elif clusterer == "sklearn":
         pts = points.float().cpu().numpy()
         labels, centres = mean_shift_sklearn(pts, bandwidth)

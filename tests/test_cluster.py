@@ -116,7 +116,8 @@ def test_a_small_cluster_among_many_points_is_found_for_every_seed():
 
 def test_every_point_is_within_the_bandwidth_of_its_mode_on_separated_clusters():
     points, _ = _blobs(n_clusters=30, n=50_000, dim=6, spread=0.03, seed=2)
-    labels, modes, dist = mean_shift(points, 0.5, max_points=512, max_seeds=4,
+    # 4 seeds a round: the clusters are found round after round, from uncovered points
+    labels, modes, dist = mean_shift(points, 0.5, max_points=512, max_seeds=4, rounds=12,
                                      return_distances=True)
     assert len(modes) == 30 and (dist < 0.5).all()
     assert np.allclose(dist, np.linalg.norm(points - modes[labels], axis=1), atol=1e-4)
