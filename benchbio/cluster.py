@@ -9,21 +9,29 @@ the bandwidth, every point assigned to its nearest mode) that runs on the model'
 
 What makes it fast: the modes are shifted over a seeded random subsample of the points
 (``max_points``), all seeds at once as one distance matrix per iteration, and only the
-final nearest-mode assignment touches every point. ``benchmarks/bench_inference.py``
+final nearest-mode assignment touches every point. Points that the modes of a round
+leave uncovered (farther than the bandwidth from all of them) seed another round, so a
+small cluster is found whatever the subsample. Each instance gets a score: how tightly
+its pixels gather at its mode. ``benchmarks/bench_inference.py``
 measures it against scikit-learn on a trained model's embeddings (docs/inference.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from .instances import relabel
+from .instances import Prediction, label_means, sequential
 
 __all__ = ["mean_shift", "mean_shift_sklearn", "embeddings_to_labels", "remove_small"]
+
+
+SHIFT_TOL = 1e-2  # a mode has converged when it moves less than this times the bandwidth
+TWIN_DISTANCE = 0.25  # moving modes closer than this times the bandwidth are followed once
 
 
 def _bin_seeds(points: torch.Tensor, bandwidth: float, max_seeds: int) -> torch.Tensor:
@@ -44,13 +52,27 @@ def _distance(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.cdist(a, b, p=1.0 if metric == "l1" else 2.0)
 
 
-def _weights(dist: torch.Tensor, bandwidth: float, kernel: str, dtype: torch.dtype):
-    """Kernel weights of sample points at distances ``dist`` from the modes."""
+def _kernel_weights(
+    modes: torch.Tensor, sample: torch.Tensor, sample_sq: torch.Tensor | None,
+    bandwidth: float, metric: str, kernel: str,
+) -> torch.Tensor:
+    """Kernel weights ``(modes, sample)`` of the sample points around each mode.
+
+    For L2 the squared distances come from one matrix product (``|m|^2 + |s|^2 - 2 m.s``,
+    ``sample_sq`` = ``|s|^2``) compared with the squared bandwidth: no square roots."""
+    if metric == "l2":
+        sq = torch.addmm(sample_sq[None], modes, sample.T, alpha=-2)
+        sq += (modes * modes).sum(1, keepdim=True)
+        if kernel == "flat":
+            return (sq < bandwidth * bandwidth).to(sample.dtype)
+        weight = torch.exp(sq.clamp(min=0) * (-0.5 / bandwidth**2))
+        return weight.masked_fill_(sq >= 9 * bandwidth * bandwidth, 0.0)
+    dist = _distance(modes, sample, metric)
     if kernel == "flat":
-        return (dist < bandwidth).to(dtype)
+        return (dist < bandwidth).to(sample.dtype)
     # Gaussian with standard deviation = bandwidth, cut at 3 bandwidths
     weight = torch.exp(-0.5 * (dist / bandwidth) ** 2)
-    return torch.where(dist < 3 * bandwidth, weight, torch.zeros_like(weight)).to(dtype)
+    return weight.masked_fill_(dist >= 3 * bandwidth, 0.0)
 
 
 def _shift(
@@ -58,33 +80,44 @@ def _shift(
     kernel: str = "flat",
 ) -> torch.Tensor:
     """Move each mode to the kernel-weighted mean of the sample points until it moves
-    less than 1e-3 * bandwidth (early stop per mode; converged modes leave the batch)."""
+    less than ``SHIFT_TOL`` * bandwidth; returns the modes reached.
+
+    All moving modes shift at once (one matrix product per iteration); a converged mode
+    leaves the batch, and so does a mode that comes within ``TWIN_DISTANCE`` * bandwidth
+    of another moving one (from there both climb to the same mode: one is followed)."""
     active = torch.ones(len(modes), dtype=torch.bool, device=modes.device)
-    tol = 1e-3 * bandwidth
+    duplicate = torch.zeros_like(active)
+    tol, twin = SHIFT_TOL * bandwidth, TWIN_DISTANCE * bandwidth
+    sample_sq = (sample * sample).sum(1) if metric == "l2" else None
     for _ in range(max_iter):
         idx = active.nonzero().squeeze(1)
         if len(idx) == 0:
             break
-        near = _weights(_distance(modes[idx], sample, metric), bandwidth, kernel, sample.dtype)
+        near = _kernel_weights(modes[idx], sample, sample_sq, bandwidth, metric, kernel)
         support = near.sum(1, keepdim=True)
         new = torch.where(support > 0, near @ sample / support.clamp(min=1e-12), modes[idx])
-        diff = new - modes[idx]  # exact, unlike cdist's matrix-product shortcut
+        diff = new - modes[idx]
         shift = diff.abs().sum(1) if metric == "l1" else diff.norm(dim=1)
         modes[idx] = new
         active[idx[shift < tol]] = False
-    return modes
+        if len(idx) > 1:  # a mode that has caught up with an earlier one is not followed
+            close = torch.triu(_distance(new, new, metric) < twin, diagonal=1).any(0)
+            duplicate[idx[close]] = True
+            active[idx[close]] = False
+    return modes[~duplicate]
 
 
 def _merge(
     modes: torch.Tensor, sample: torch.Tensor, bandwidth: float, metric: str,
     min_support: int = 1,
 ) -> torch.Tensor:
-    """Keep modes by decreasing support (sample points within ``bandwidth``), dropping
-    any within ``bandwidth`` of a kept one and any supported by < ``min_support`` points."""
+    """Indices of the modes kept, by decreasing support (sample points within
+    ``bandwidth``): a mode within ``bandwidth`` of a kept one, or supported by fewer than
+    ``min_support`` points, is dropped."""
     support = (_distance(modes, sample, metric) < bandwidth).sum(1)
     order = torch.argsort(support, descending=True, stable=True)
-    modes, support = modes[order], support[order].tolist()
-    close = (_distance(modes, modes, metric) < bandwidth).cpu().numpy()
+    support = support[order].tolist()
+    close = (_distance(modes[order], modes[order], metric) < bandwidth).cpu().numpy()
     covered = np.zeros(len(modes), dtype=bool)  # within bandwidth of a kept mode
     keep: list[int] = []
     for i in range(len(modes)):
@@ -93,7 +126,7 @@ def _merge(
         if not covered[i]:
             keep.append(i)
             covered |= close[i]
-    return modes[keep]
+    return order[keep]
 
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, metric: str, distances: bool = True):
@@ -127,25 +160,33 @@ def mean_shift(
     kernel: str = "flat",
     max_iter: int = 100,
     max_seeds: int = 256,
-    max_points: int = 4096,
+    max_points: int = 2048,
     min_support: int = 1,
+    min_cluster: int = 20,
     rounds: int = 3,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean-shift of ``points`` ``(P, D)``; returns (labels ``(P,)``, modes ``(K, D)``).
+    return_distances: bool = False,
+):
+    """Mean-shift of ``points`` ``(P, D)``; returns (labels ``(P,)``, modes ``(K, D)``)
+    and, with ``return_distances``, each point's distance to its mode ``(P,)``.
 
     Seeds are one point of each occupied bandwidth-sized bin (most populated first, at
     most ``max_seeds``); each seed climbs to a mode with a ``"flat"`` kernel (mean of the
     points within ``bandwidth``, scikit-learn's) or a ``"gaussian"`` one (standard
     deviation ``bandwidth``); modes closer than ``bandwidth`` are merged by decreasing
     support and modes supported by fewer than ``min_support`` sampled points dropped;
-    every point joins its nearest mode. Points left farther than ``bandwidth`` from
-    every mode seed another round (at most ``rounds``, and only while a round finds a
-    new mode), so no cluster is lost to a shared bin. ``metric`` is ``"l2"``
-    (scikit-learn's) or ``"l1"`` (the distance of the guide search, eq. 4). Above
-    ``max_points`` points the shifts use a random subsample of that size drawn from
-    ``seed`` (so the result is deterministic for a seed); the assignment always uses
-    every point. Runs on the device of ``points``.
+    every point joins its nearest mode. ``metric`` is ``"l2"`` (scikit-learn's) or
+    ``"l1"`` (the distance of the guide search, eq. 4).
+
+    Above ``max_points`` points the modes climb on a random subsample of that size drawn
+    from ``seed`` (deterministic for a seed); the assignment always uses every point.
+    No cluster is lost to the subsample or to the seed limit: after each round, the
+    points (of all ``P``) farther than ``bandwidth`` from every mode are clustered again
+    on their own (at most ``max_points`` of them, drawn at random), and each of their
+    modes that gathers at least ``min_cluster`` of them (scaled to the subsample) and
+    lies farther than ``bandwidth`` from every kept mode is added. Rounds stop when
+    fewer than ``min_cluster`` points are left uncovered, when a round adds no mode, or
+    after ``rounds`` rounds. Runs on the device of ``points``.
     """
     if metric not in ("l1", "l2"):
         raise ValueError(f"metric must be 'l1' or 'l2', got {metric!r}")
@@ -154,31 +195,48 @@ def mean_shift(
     pts = torch.as_tensor(points, dtype=torch.float32)
     n = pts.shape[0]
     if n == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, pts.shape[1] if pts.ndim == 2 else 0))
-    if n > max_points:
-        # numpy draws a small subset without permuting all n points
-        chosen = np.random.default_rng(seed).choice(n, max_points, replace=False)
-        idx = torch.as_tensor(np.sort(chosen), device=pts.device)
-        sample = pts[idx]
-    else:
-        sample = pts
-    centres = sample[:0]
-    uncovered = sample
+        empty = (np.zeros(0, dtype=np.int64), np.zeros((0, pts.shape[1] if pts.ndim == 2 else 0)))
+        return (*empty, np.zeros(0, dtype=np.float32)) if return_distances else empty
+    rng = np.random.default_rng(seed)
+    picked = _subsample(n, max_points, rng)  # indices of the sample, None: every point
+    sample = pts if picked is None else pts[picked.to(pts.device)]
     with _cpu_threads(1 if pts.device.type == "cpu" else None):
-        for _ in range(rounds):
-            seeds = _bin_seeds(uncovered, bandwidth, max_seeds)
-            modes = _shift(seeds, sample, bandwidth, metric, max_iter, kernel)
-            before = len(centres)
-            centres = _merge(torch.cat([centres, modes]), sample, bandwidth, metric,
-                             min_support)
-            if len(centres) == 0:  # every mode below min_support: one cluster
-                centres = sample.mean(0, keepdim=True)
-            _, dist = _nearest(sample, centres, metric)
-            uncovered = sample[dist >= bandwidth]
-            if len(uncovered) == 0 or len(centres) == before:
-                break  # all covered, or the left-overs are noise that forms no new mode
-        labels, _ = _nearest(pts, centres, metric, distances=False)
-    return labels.cpu().numpy(), centres.cpu().numpy()
+        seeds = _bin_seeds(sample, bandwidth, max_seeds)
+        modes = _shift(seeds, sample, bandwidth, metric, max_iter, kernel)
+        centres = modes[_merge(modes, sample, bandwidth, metric, min_support)]
+        if len(centres) == 0:  # every mode below min_support: one cluster
+            centres = sample.mean(0, keepdim=True)
+        labels, dist = _nearest(pts, centres, metric)
+        for _ in range(max(rounds, 1) - 1):
+            far = (dist >= bandwidth).nonzero().squeeze(1)
+            if len(far) < max(min_cluster, 1):
+                break  # too few points left uncovered to make an instance of their own
+            # the modes of the uncovered points, climbed on (a subsample of) them alone;
+            # kept if they gather enough uncovered points to make an instance
+            drawn = _subsample(len(far), max_points, rng)
+            rest = pts[far if drawn is None else far[drawn.to(pts.device)]]
+            needed = max(min_support, math.ceil(max(min_cluster, 1) * len(rest) / len(far)))
+            modes = _shift(_bin_seeds(rest, bandwidth, max_seeds), rest, bandwidth, metric,
+                           max_iter, kernel)
+            modes = modes[_merge(modes, rest, bandwidth, metric, needed)]
+            if len(modes):
+                modes = modes[(_distance(modes, centres, metric) >= bandwidth).all(1)]
+            if len(modes) == 0:
+                break  # the uncovered points form no new mode
+            centres = torch.cat([centres, modes])
+            labels, dist = _nearest(pts, centres, metric)
+    labels_np, centres_np = labels.cpu().numpy(), centres.cpu().numpy()
+    if return_distances:
+        return labels_np, centres_np, dist.cpu().numpy()
+    return labels_np, centres_np
+
+
+def _subsample(n: int, size: int, rng: np.random.Generator) -> torch.Tensor | None:
+    """Sorted indices of ``size`` of ``n`` points drawn by ``rng``; None if ``n <= size``."""
+    if n <= size:
+        return None
+    # numpy draws a small subset without permuting all the points
+    return torch.as_tensor(np.sort(rng.choice(n, size, replace=False)))
 
 
 @contextlib.contextmanager
@@ -219,13 +277,16 @@ def mean_shift_sklearn(points: np.ndarray, bandwidth: float) -> tuple[np.ndarray
 
 
 def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
-    """Set instances smaller than ``min_area`` pixels to background and relabel 1..n."""
+    """Set instances smaller than ``min_area`` pixels to background and relabel 1..n.
+
+    ``labels`` has background 0; an image that instances cover completely keeps them all.
+    """
     if min_area > 1 and labels.max(initial=0) > 0:
         areas = np.bincount(labels.ravel())
         small = areas < min_area
         small[0] = False
         labels = np.where(small[labels], 0, labels)
-    return relabel(labels)
+    return sequential(labels)
 
 
 def embeddings_to_labels(
@@ -238,13 +299,15 @@ def embeddings_to_labels(
     metric: str = "l2",
     kernel: str = "flat",
     seed: int = 0,
-) -> np.ndarray:
-    """Instances from a ``(D, H, W)`` embedding by mean-shift.
+) -> Prediction:
+    """Instances from a ``(D, H, W)`` embedding by mean-shift, with a score each.
 
     With a foreground mask only its pixels are clustered. Without one, every pixel is
     clustered and the largest cluster is taken as background (the authors' rule).
     ``metric`` and ``kernel`` apply to the torch clusterer; scikit-learn's is always a
-    flat L2 kernel.
+    flat L2 kernel. An instance's score is how tightly its pixels gather at its mode:
+    the mean over its pixels of ``max(0, 1 - d / bandwidth)``, ``d`` the pixel's
+    distance to the mode (1: every pixel on the mode; 0: none within the bandwidth).
     """
     emb = torch.as_tensor(embedding)
     d, h, w = emb.shape
@@ -255,9 +318,13 @@ def embeddings_to_labels(
     else:
         points = flat[:, torch.as_tensor(mask.ravel(), device=flat.device)].T
     if clusterer == "torch":
-        labels, _ = mean_shift(points, bandwidth, metric=metric, kernel=kernel, seed=seed)
+        labels, _, dist = mean_shift(points, bandwidth, metric=metric, kernel=kernel, seed=seed,
+                                     min_cluster=min_area if min_area > 1 else 20,
+                                     return_distances=True)
     elif clusterer == "sklearn":
-        labels, _ = mean_shift_sklearn(points.float().cpu().numpy(), bandwidth)
+        pts = points.float().cpu().numpy()
+        labels, centres = mean_shift_sklearn(pts, bandwidth)
+        dist = np.linalg.norm(pts - centres[labels], axis=1) if len(pts) else np.zeros(0)
     else:
         raise ValueError(f"unknown clusterer {clusterer!r}; use 'torch' or 'sklearn'")
     out = np.zeros(h * w, dtype=np.int64)
@@ -265,4 +332,7 @@ def embeddings_to_labels(
     if fg is None and len(labels):
         background = np.bincount(labels).argmax() + 1
         out[out == background] = 0
-    return remove_small(out.reshape(h, w), min_area)
+    closeness = np.zeros(h * w, dtype=np.float64)
+    closeness[mask.ravel()] = np.clip(1.0 - np.asarray(dist, np.float64) / bandwidth, 0.0, 1.0)
+    final = remove_small(out.reshape(h, w), min_area)
+    return Prediction(final, label_means(final, closeness))

@@ -32,8 +32,10 @@ class Sample:
     Attributes:
         name: file stem, unique within its split.
         image: ``(C, H, W)`` float32, scaled to about [0, 1] by the dataset.
-        instances: a label image ``(H, W)`` (lowest value = background) or a ``(K, H, W)``
-            stack of possibly overlapping binary masks.
+        instances: a label image ``(H, W)`` or a ``(K, H, W)`` stack of possibly
+            overlapping binary masks. A label image is given with the CVPPP rule (its
+            lowest value is background) and stored with background 0 (shifted when its
+            lowest value is not 0), the harness's convention from then on.
         fg: optional ``(H, W)`` bool foreground mask that the protocol provides at test
             time (e.g. the binary worm image of BBBC010); None when it is not given.
         crowd: optional ``(K,)`` bool flags for a mask stack: True marks a COCO
@@ -49,7 +51,10 @@ class Sample:
     def __post_init__(self) -> None:
         if self.image.ndim != 3:
             raise DataError(f"{self.name}: image must be (C, H, W), got {self.image.shape}")
-        is_stack(self.instances)  # validates the rank
+        if not is_stack(self.instances) and self.instances.size:  # also validates the rank
+            lowest = self.instances.min()
+            if lowest != 0:  # the CVPPP rule, applied once at loading
+                self.instances = self.instances.astype(np.int64) - lowest
         if spatial_shape(self.instances) != self.image.shape[1:]:
             raise DataError(
                 f"{self.name}: image is {self.image.shape[1:]} but its instances are "

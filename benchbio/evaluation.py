@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from .errors import BenchbioError
-from .instances import is_stack
+from .instances import Prediction, is_stack, to_stack
 from .overlap import Overlap, overlap, sequential_labels, stack_nonempty
 from .registry import METRICS
 
 __all__ = ["Metric", "ImagePair", "EvalResult", "evaluate", "default_metrics",
-           "metric_producing", "metric_keys"]
+           "metric_producing", "metric_keys", "background_zero"]
 
 
 class Metric:
@@ -65,7 +65,7 @@ class ImagePair:
         name: the image name, used in error messages and results.
         scores: optional confidence per predicted instance, keyed by its label value
             (label image) or its index in the stack; used by COCO AP only. Every
-            predicted instance must have one; None means score 1.0 for all.
+            predicted instance must have one; None means ``area / (area + 1)`` for each.
         gt_crowd: optional ``(K,)`` bool COCO ``iscrowd`` flags of a mask-stack ``gt``.
             COCO AP treats crowd regions as ignore regions; the other metrics drop them.
     """
@@ -175,9 +175,15 @@ class ImagePair:
         return _foreground(self.gt_instances)
 
     def instance_scores(self) -> np.ndarray:
-        """Confidence of each predicted instance in :attr:`pred_ids` order (1.0 if none)."""
+        """Confidence of each predicted instance in :attr:`pred_ids` order.
+
+        Without scores every instance gets ``area / (area + 1)``
+        (:func:`benchbio.instances.default_scores`): a function of the instance alone,
+        so the ranking never depends on the order or names of the images.
+        """
         if self.scores is None:
-            return np.ones(len(self.pred_ids))
+            area = self.overlap.pred_area.astype(np.float64)
+            return area / (area + 1.0)
         missing = [int(i) for i in self.pred_ids if int(i) not in self.scores]
         if missing:
             raise BenchbioError(
@@ -214,6 +220,26 @@ class EvalResult:
     def to_dict(self) -> dict[str, dict]:
         """``{"per_image": ..., "mean": ...}``, ready for JSON."""
         return {"per_image": self.per_image, "mean": self.mean}
+
+
+def background_zero(
+    instances: np.ndarray, scores: dict[int, float] | None = None
+) -> tuple[np.ndarray, dict[int, float] | None]:
+    """Instances whose background is 0 (a :class:`~benchbio.instances.Prediction`, a
+    loaded sample, a crop or tile of one) in a form the scorers cannot misread.
+
+    Scoring takes a label image's lowest value for background (the CVPPP rule for
+    files), so a label image without a 0 pixel (objects cover it completely) goes as a
+    mask stack instead, its scores re-keyed by stack index. Anything else is unchanged.
+    """
+    instances = np.asarray(instances)
+    if is_stack(instances) or instances.size == 0 or instances.min() == 0:
+        return instances, scores
+    ids = np.unique(instances)
+    stack = to_stack(np.pad(instances, ((0, 0), (0, 1))))[..., :-1]  # the pad is background
+    if scores is None:
+        return stack, None
+    return stack, {k: scores[int(i)] for k, i in enumerate(ids)}
 
 
 def _optional(seq: Sequence | None, n: int, what: str) -> list:
@@ -281,7 +307,9 @@ def evaluate(
     """Score predictions against ground truth with the named metric plugins.
 
     Args:
-        preds: per image, a label image or a ``(K, H, W)`` mask stack.
+        preds: per image, a label image or a ``(K, H, W)`` mask stack, or a
+            :class:`~benchbio.instances.Prediction` (background 0; its scores are used
+            where ``scores`` gives none for that image).
         gts: per image, a label image or a mask stack, same height and width.
         metrics: metric plugin names (``benchbio list metrics``); default
             :func:`default_metrics`.
@@ -305,13 +333,22 @@ def evaluate(
         dupes = sorted({x for x in names if names.count(x) > 1})
         raise BenchbioError(f"duplicate image names {dupes[:5]}; names must be unique")
     plugins = create_metrics(metrics)
+    scores = _optional(scores, n, "score dicts")
+    preds = list(preds)
+    for i, pred in enumerate(preds):
+        if isinstance(pred, Prediction):
+            preds[i], own = background_zero(pred.labels, pred.scores)
+            if scores[i] is None:
+                scores[i] = own
+            elif preds[i] is not pred.labels:  # given scores re-keyed like the labels
+                scores[i] = background_zero(pred.labels, scores[i])[1]
     pairs = [
         ImagePair(p, g, name=nm, scores=s, gt_crowd=c)
         for p, g, nm, s, c in zip(
             preds,
             gts,
             names,
-            _optional(scores, n, "score dicts"),
+            scores,
             _optional(gt_crowd, n, "crowd flag arrays"),
             strict=True,
         )

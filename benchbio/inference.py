@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import BenchbioError, DataError
+from .instances import Prediction, as_prediction
 from .method import Method
 from .nets import PositionMaps, divisor_of, pad_to_divisor
 from .progress import ProgressLines
@@ -237,8 +238,9 @@ def predict_image(
     predictor: Predictor, image: np.ndarray, fg: np.ndarray | None = None, *,
     tile: int | None = 512, overlap: int = 128, batch_size: int = 4, flip: bool = False,
     min_area: int | None = None, timings: dict[str, float] | None = None,
-) -> np.ndarray:
-    """Label image (0 = background) for one ``(C, H, W)`` image.
+) -> Prediction:
+    """Instances of one ``(C, H, W)`` image: label image (0 = background) and a score
+    per instance (:class:`~benchbio.instances.Prediction`).
 
     ``flip`` averages with the left-right flipped prediction (methods that define
     :meth:`~benchbio.method.Method.unflip`). ``timings``, if given, receives the seconds
@@ -263,7 +265,7 @@ def predict_image(
         torch.cuda.synchronize(predictor.device)
     network = time.perf_counter()
     area = predictor.min_area if min_area is None else min_area
-    labels = predictor.method.postprocess(output, fg, area)
+    labels = as_prediction(predictor.method.postprocess(output, fg, area))
     if timings is not None:
         timings["network"] = timings.get("network", 0.0) + network - start
         timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - network
@@ -327,10 +329,12 @@ class PredictReport:
 
 
 def output_paths(inputs: Sequence[Path], out_dir: Path, overlay: bool) -> dict[Path, list[Path]]:
-    """The label TIFF (and overlay PNG) each input will be written to."""
+    """The label TIFF, its scores sidecar (and overlay PNG) each input will be written to."""
+    from .io import scores_path
+
     return {
-        p: [out_dir / f"{p.stem}.tif"] + ([out_dir / "overlays" / f"{p.stem}.png"] if overlay
-                                          else [])
+        p: [out_dir / f"{p.stem}.tif", scores_path(out_dir / f"{p.stem}.tif")]
+        + ([out_dir / "overlays" / f"{p.stem}.png"] if overlay else [])
         for p in inputs
     }
 
@@ -340,14 +344,15 @@ def predict_files(
     overwrite: bool = False, overlay: bool = False, fg_dir: str | Path | None = None,
     on_error=None, **options: Any,
 ) -> PredictReport:
-    """Predict every input into ``out_dir`` as ``<name>.tif`` (uint16 labels).
+    """Predict every input into ``out_dir`` as ``<name>.tif`` (uint16 labels) and
+    ``<name>.scores.json`` (each instance's score, which ``benchbio eval`` reads).
 
     Refuses, before any work, when an output exists and ``overwrite`` is False. An input
     that cannot be read or predicted is reported through ``on_error(path, message)`` and
     recorded; the others are still written. ``options`` go to :func:`predict_image`.
     Without a terminal on stdout, one plain line per image reports progress.
     """
-    from .io import read_image, write_labels
+    from .io import read_image, write_labels, write_scores
 
     out_dir = Path(out_dir)
     targets = output_paths(inputs, out_dir, overlay)
@@ -370,7 +375,7 @@ def predict_files(
                 fg = fg if fg.ndim == 2 else fg.any(-1)
                 if fg.shape != image.shape[1:]:
                     raise DataError(f"{fg_path} is {fg.shape} but {path} is {image.shape[1:]}")
-            labels = predict_image(predictor, image, fg, timings=report.timings, **options)
+            prediction = predict_image(predictor, image, fg, timings=report.timings, **options)
         except BenchbioError as exc:
             message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             report.failed.append((path, message))
@@ -378,11 +383,12 @@ def predict_files(
                 on_error(path, message)
             lines.step(f"{path.name} failed")
             continue
-        label_path, *overlay_path = targets[path]
-        write_labels(label_path, labels)
-        report.written.append(label_path)
+        label_path, score_path, *overlay_path = targets[path]
+        write_labels(label_path, prediction.labels)
+        write_scores(score_path, prediction.scores)
+        report.written += [label_path, score_path]
         if overlay_path:
-            _write_overlay(overlay_path[0], image, labels)
+            _write_overlay(overlay_path[0], image, prediction.labels)
             report.written.append(overlay_path[0])
         lines.step(f"{path.name} -> {label_path.name}")
     return report

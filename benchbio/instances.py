@@ -3,7 +3,10 @@
 benchbio accepts instances in two forms, everywhere:
 
 * a **label image**: a 2-D integer array, one id per instance. Following the CVPPP
-  challenge, the *lowest* value in the image is background (usually 0).
+  challenge, the *lowest* value of a file is background (usually 0). That rule belongs
+  to loading and to scoring a file: once a :class:`~benchbio.data.Sample` is made, its
+  label image has background 0, and everything inside the harness (crops, training
+  targets, predictions) keeps 0 = background, also where a crop has no background pixel.
 * a **mask stack**: a 3-D array ``(K, H, W)`` of K binary masks, one per instance.
   Masks may overlap (BBBC010 worms do); pixels in no mask are background.
 
@@ -12,12 +15,19 @@ The helpers here convert between the two and derive what training and scoring ne
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from skimage.segmentation import relabel_sequential
 
 __all__ = [
     "is_stack",
     "relabel",
+    "sequential",
+    "Prediction",
+    "as_prediction",
+    "default_scores",
+    "label_means",
     "to_stack",
     "to_label_image",
     "foreground",
@@ -61,6 +71,87 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     return out.astype(np.int64)
 
 
+def sequential(labels: np.ndarray) -> np.ndarray:
+    """Map a label image with background 0 to ids 1..n in their order; 0 stays 0.
+
+    Unlike :func:`relabel`, no value but 0 is background: an image (or crop) that
+    objects cover completely keeps every object.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return labels.astype(np.int64)
+    if labels.min() < 0:
+        raise ValueError("label images inside the harness have background 0 and ids > 0")
+    out, _, _ = relabel_sequential(labels.astype(np.int64))
+    return out.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The predicted instances of one image with a confidence per instance.
+
+    What :meth:`benchbio.method.Method.postprocess` returns (a bare label image is
+    accepted too, see :func:`as_prediction`).
+
+    Attributes:
+        labels: ``(H, W)`` integer label image, 0 = background, instances 1..n.
+        scores: ``{label: confidence}`` for every label in ``labels`` (extra keys are
+            ignored). Only the ranking matters (COCO AP sorts by it); methods give values
+            in [0, 1] where higher means more likely a true instance.
+    """
+
+    labels: np.ndarray
+    scores: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels)
+        if labels.ndim != 2:
+            raise ValueError(f"Prediction.labels must be (H, W), got shape {labels.shape}")
+        if labels.size and labels.min() < 0:
+            raise ValueError("Prediction.labels must be >= 0 (0 = background)")
+        present = np.flatnonzero(np.bincount(labels.ravel())) if labels.size else []
+        missing = sorted(set(int(i) for i in present) - {0} - set(self.scores))
+        if missing:
+            raise ValueError(f"Prediction has no score for label(s) {missing[:5]}")
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "scores", {int(k): float(v) for k, v in self.scores.items()})
+
+
+def default_scores(labels: np.ndarray) -> dict[int, float]:
+    """The confidence of instances that come without one: ``area / (area + 1)``.
+
+    It depends only on the instance (larger instances rank first, all scores in
+    [0.5, 1)), never on the order or names of images. ``labels`` has background 0.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.max(initial=0) <= 0:
+        return {}
+    areas = np.bincount(labels.ravel().clip(min=0))
+    ids = np.flatnonzero(areas)
+    return {int(i): float(areas[i] / (areas[i] + 1.0)) for i in ids if i != 0}
+
+
+def as_prediction(result: Prediction | np.ndarray) -> Prediction:
+    """A :class:`Prediction` from what a method's ``postprocess`` returned: itself, or a
+    bare label image (background 0) whose instances get :func:`default_scores`."""
+    if isinstance(result, Prediction):
+        return result
+    labels = np.asarray(result)
+    return Prediction(labels, default_scores(labels))
+
+
+def label_means(labels: np.ndarray, values: np.ndarray) -> dict[int, float]:
+    """``{label: mean of values over its pixels}`` for every label > 0 of ``labels``."""
+    labels = np.asarray(labels).ravel()
+    if labels.size == 0 or labels.max(initial=0) <= 0:
+        return {}
+    keep = labels > 0
+    counts = np.bincount(labels[keep])
+    sums = np.bincount(labels[keep], np.asarray(values, dtype=np.float64).ravel()[keep])
+    ids = np.flatnonzero(counts)
+    return {int(i): float(sums[i] / counts[i]) for i in ids}
+
+
 def to_stack(instances: np.ndarray) -> np.ndarray:
     """A ``(K, H, W)`` bool stack with one non-empty mask per instance."""
     instances = np.asarray(instances)
@@ -97,11 +188,14 @@ def foreground(instances: np.ndarray) -> np.ndarray:
 def owner_map(instances: np.ndarray) -> np.ndarray:
     """Label image of pixels owned by exactly one instance: 0 background, -1 overlap.
 
-    Training losses ignore pixels of value -1, which have no single owner.
+    A label image must have background 0 (as every loaded sample and crop has); its ids
+    become 1..n and no object is taken for background, even in a crop that objects
+    cover completely. Training losses ignore pixels of value -1, which have no single
+    owner.
     """
     instances = np.asarray(instances)
     if not is_stack(instances):
-        return relabel(instances)
+        return sequential(instances)
     stack = to_stack(instances)
     out = np.zeros(stack.shape[1:], dtype=np.int64)
     if len(stack) == 0:

@@ -8,6 +8,8 @@ palette PNGs whose index is the leaf id). Every read failure becomes a one-line
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -27,6 +29,9 @@ __all__ = [
     "percentile_normalize",
     "to_unit",
     "to_chw",
+    "scores_path",
+    "write_scores",
+    "read_scores",
 ]
 
 #: Percentiles used for microscopy images of more than 8 bits (robust to hot pixels).
@@ -139,3 +144,40 @@ def to_chw(image: np.ndarray, name: str, drop_alpha: bool = True) -> np.ndarray:
     if image.ndim == 3 and image.shape[0] <= 4:
         return image
     raise DataError(f"{name}: cannot read an image of shape {image.shape} as (C, H, W)")
+
+
+SCORES_SUFFIX = ".scores.json"
+
+
+def scores_path(label_path: str | os.PathLike) -> Path:
+    """The scores sidecar of a label file: ``<stem>.scores.json`` beside it."""
+    label_path = Path(label_path)
+    return label_path.with_name(label_path.stem + SCORES_SUFFIX)
+
+
+def write_scores(path: str | os.PathLike, scores: dict[int, float]) -> None:
+    """Write ``{label: score}`` as JSON ``{"<label>": score}``, labels ascending."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {str(k): float(scores[k]) for k in sorted(scores)}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def read_scores(path: str | os.PathLike) -> dict[int, float]:
+    """``{label: score}`` from a sidecar written by :func:`write_scores` (or by hand:
+    a JSON object of integer label (or stack index) strings to finite numbers)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        scores = {int(k): float(v) for k, v in data.items()}
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(
+            f"{path}: not a scores file ({exc}); write a JSON object "
+            '{"<label>": <score>, ...} or delete the file'
+        ) from None
+    bad = [k for k, v in scores.items() if not math.isfinite(v)]
+    if bad:
+        raise DataError(f"{path}: score of label {bad[0]} is not a finite number")
+    return scores

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .data import Sample
+from .instances import Prediction
 from .options import coerce_options, parse_value
 from .registry import register_method
 
@@ -105,10 +106,15 @@ class Method:
     # ------------------------------------------------------------------ inference
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
-    ) -> np.ndarray:
-        """Instances (a label image, 0 = background) from one output ``(C, H, W)``.
+    ) -> Prediction | np.ndarray:
+        """Instances from one output ``(C, H, W)``, with a confidence per instance.
 
-        ``fg`` is the protocol's foreground mask when it gives one at test time.
+        Returns a :class:`~benchbio.instances.Prediction`: ``labels`` a label image
+        (0 = background, instances 1..n, none smaller than ``min_area``) and ``scores``
+        ``{label: confidence}`` for every instance (COCO AP ranks by it). A bare label
+        image is accepted too; its instances then score ``area / (area + 1)``
+        (:func:`~benchbio.instances.default_scores`). ``fg`` is the protocol's foreground
+        mask when it gives one at test time.
         """
         raise NotImplementedError
 

@@ -43,7 +43,7 @@ from .checkpoint import (
 from .data import InstanceDataset, Sample
 from .errors import BenchbioError, DataError
 from .inference import Predictor, predict_image
-from .instances import crop_instances, is_stack, relabel
+from .instances import Prediction, as_prediction, crop_instances, is_stack
 from .method import LogFn, Method
 from .nets import divisor_of
 from .progress import ProgressLines
@@ -118,8 +118,6 @@ def augment(
     """Random rescale, random ``crop x crop`` window (zero padding if smaller), random
     left-right flip: the paper's augmentation. Returns (image, instances, fg)."""
     image, instances, fg = sample.image, np.asarray(sample.instances), sample.fg
-    if not is_stack(instances):
-        instances = relabel(instances)
     s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     h, w = image.shape[1:]
     if abs(s - 1) > 1e-3:
@@ -183,8 +181,9 @@ class CropDataset(Dataset):
 def predict_samples(
     method: Method, model: torch.nn.Module, samples: Sequence[Sample], device: torch.device,
     *, fg_at_test: bool, min_area: int, desc: str = "predict",
-) -> list[np.ndarray]:
-    """Predictions for every sample of a split, with a progress bar: the forward of
+) -> list[Prediction]:
+    """Predictions (labels and instance scores) for every sample of a split, with a
+    progress bar: the forward of
     :func:`benchbio.inference.forward_tiled` over the whole image as one window (what
     whole-image prediction computes), post-processed by the method."""
     in_channels = samples[0].image.shape[0] if len(samples) else 0
@@ -205,29 +204,33 @@ def _tiles(arr: np.ndarray, tile: int) -> list[tuple[str, np.ndarray]]:
 
 
 def evaluate_samples(
-    preds: Sequence[np.ndarray], samples: Sequence[Sample], metrics: Sequence[str],
-    eval_tile: int | None = None,
+    preds: Sequence[Prediction | np.ndarray], samples: Sequence[Sample],
+    metrics: Sequence[str], eval_tile: int | None = None,
 ):
-    """Score predictions against the samples' instances with metric plugins.
+    """Score predictions (with their instance scores) against the samples' instances.
 
     With ``eval_tile`` each image is cut into non-overlapping tiles that are scored as
-    separate images (the E. coli protocol).
+    separate images (the E. coli protocol); a tile keeps every object, also where
+    objects cover it completely (background is 0 inside the harness).
     """
-    from .evaluation import evaluate
+    from .evaluation import background_zero, evaluate
 
     names, p_list, g_list, crowds = [], [], [], []
-    for pred, s in zip(preds, samples):
-        if eval_tile:
-            for (key, p), (_, g) in zip(_tiles(pred, eval_tile), _tiles(s.instances, eval_tile)):
-                names.append(f"{s.name}@{key}")
-                p_list.append(p)
-                g_list.append(g)
-                crowds.append(None)
-        else:
+    for pred, s in zip(preds, samples, strict=True):
+        if not isinstance(pred, Prediction) and not is_stack(np.asarray(pred)):
+            pred = as_prediction(pred)
+        if not eval_tile:
             names.append(s.name)
             p_list.append(pred)
-            g_list.append(s.instances)
+            g_list.append(background_zero(s.instances)[0])
             crowds.append(s.crowd)
+            continue
+        labels = pred.labels if isinstance(pred, Prediction) else pred
+        for (key, p), (_, g) in zip(_tiles(labels, eval_tile), _tiles(s.instances, eval_tile)):
+            names.append(f"{s.name}@{key}")
+            p_list.append(Prediction(p, pred.scores) if isinstance(pred, Prediction) else p)
+            g_list.append(background_zero(g)[0])
+            crowds.append(None)
     return evaluate(p_list, g_list, metrics=list(metrics), names=names, gt_crowd=crowds)
 
 
@@ -377,7 +380,7 @@ class Trainer:
         result = evaluate_samples(preds, samples, self.dataset.metrics, self.dataset.eval_tile)
         for key, value in result.mean.items():
             self.log(f"test_{key}", float(value), progress.best_epoch)
-        _overview(samples, preds, workdir / "test_overlay.png")
+        _overview(samples, [p.labels for p in preds], workdir / "test_overlay.png")
         return result
 
     def _predict(self, samples: Sequence[Sample], desc: str) -> list[np.ndarray]:

@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         sums["net"] += t_net
         sums["post"] += t_post
         sums["metrics"] += t_metrics
-        rows.append((s.name, s.image.shape[1:], int(labels.max()), t_net, t_post, t_metrics,
+        rows.append((s.name, s.image.shape[1:], int(labels.labels.max()), t_net, t_post,
+                     t_metrics,
                      sbd_torch, sk_time, sk_sbd))
         print(rows[-1], flush=True)
 
@@ -220,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         predictor.min_area)
     tile_diff = float((whole_out - tiled_out).abs().max())
     tile_sbd = (_sbd(tiled_pred, first_gt), _sbd(first_pred, first_gt),
-                _sbd(tiled_pred, first_pred))
-    t_fast_sbd, fast_value = _timed(lambda: _sbd(first_pred, first_gt), 5)
-    t_ref_sbd, ref_value = _timed(lambda: reference_sbd(first_pred, first_gt))
+                _sbd(tiled_pred, first_pred.labels))
+    t_fast_sbd, fast_value = _timed(lambda: _sbd(first_pred.labels, first_gt), 5)
+    t_ref_sbd, ref_value = _timed(lambda: reference_sbd(first_pred.labels, first_gt))
 
     train_samples = list(dataset.split("train"))[:8]
     crops_per_s = _training_throughput(predictor, train_samples, args.train_crop,
@@ -239,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {_machine()}; device: {gpu or 'cpu'}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads for the network (OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), 1 for the torch mean-shift",
         f"- git commit: {_commit()}",
         f"- load average (1 min) before / after: {load_before[0]:.1f} / "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} logical CPUs (above the CPU count "
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Metric, training, memory",
         "",
-        f"- SBD of one predicted image ({first_pred.max()} predicted, "
+        f"- SBD of one predicted image ({first_pred.labels.max()} predicted, "
         f"{len(np.unique(first_gt)) - 1} true instances): benchbio {t_fast_sbd * 1e3:.2f} ms "
         f"vs {t_ref_sbd:.2f} s for the official per-label loops ({t_ref_sbd / t_fast_sbd:,.0f}x)"
         f", values {fast_value:.6f} / {ref_value:.6f}",

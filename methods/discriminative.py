@@ -30,7 +30,7 @@ import torch
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample
 from benchbio.guides import GuideMaps
-from benchbio.instances import owner_map
+from benchbio.instances import Prediction, owner_map
 from benchbio.method import LogFn, Method, MethodOptions, register_variant
 from benchbio.methods.harmonic import Harmonic
 from benchbio.nets import build_unet
@@ -220,7 +220,7 @@ class Discriminative(Method):
 
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
-    ) -> np.ndarray:
+    ) -> Prediction:
         """Mean-shift with bandwidth ``delta_d`` (largest cluster = background w/o fg)."""
         return embeddings_to_labels(
             output.float(), float(self.opts.bandwidth), fg=fg, min_area=min_area,

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from benchbio.cluster import remove_small
-from benchbio.instances import owner_map
+from benchbio.instances import Prediction, label_means, owner_map
 from benchbio.method import Method, MethodOptions
 from benchbio.nets import build_unet
 from benchbio.registry import register_method
@@ -174,16 +174,18 @@ def cluster_seeds(
     seed_thresh: float = 0.9,
     min_area: int = 10,
     max_proposals: int = 5000,
-) -> torch.Tensor:
-    """EmbedSeg's seed clustering of the pixels in ``mask``; ``(P,)`` labels 0..n.
+) -> tuple[torch.Tensor, list[float]]:
+    """EmbedSeg's seed clustering of the pixels in ``mask``: ``(P,)`` labels 0..n and the
+    seed score of each instance (``scores[k - 1]`` is that of label k).
 
     ``emb`` ``(2, P)`` spatial embeddings, ``sigma`` ``(n_sigma, P)``, ``seed`` ``(P,)``.
     At most ``max_proposals`` seeds are tried (a guard for untrained networks).
     """
     labels = torch.zeros(seed.shape[0], dtype=torch.int64, device=seed.device)
+    scores: list[float] = []
     idx = mask.nonzero().squeeze(1)
     if len(idx) == 0:
-        return labels
+        return labels, scores
     e, s, sd = emb[:, idx], sigma[:, idx], seed[idx]
     unclaimed = torch.ones(len(idx), dtype=torch.bool, device=seed.device)
     out = torch.zeros(len(idx), dtype=torch.int64, device=seed.device)
@@ -201,9 +203,10 @@ def cluster_seeds(
         if n_prop >= min_area and n_new > 0.5 * n_prop:
             count += 1
             out[new] = count
+            scores.append(float(score[j]))
         unclaimed &= ~proposal
     labels[idx] = out
-    return labels
+    return labels, scores
 
 
 class EmbedSeg(Method):
@@ -252,8 +255,9 @@ class EmbedSeg(Method):
 
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
-    ) -> np.ndarray:
-        """Seed clustering within the protocol's fg, else within seed > ``fg_thresh``."""
+    ) -> Prediction:
+        """Seed clustering within the protocol's fg, else within seed > ``fg_thresh``; an
+        instance's score is the seed map at its seed pixel (EmbedSeg's seed score)."""
         o = self.opts
         h, w = output.shape[-2:]
         emb, sigma, seed, _ = _split(output, o.n_sigma, o.pixel_scale)
@@ -261,10 +265,13 @@ class EmbedSeg(Method):
             mask = seed > o.fg_thresh
         else:
             mask = torch.as_tensor(np.asarray(fg, bool).ravel(), device=seed.device)
-        labels = cluster_seeds(
+        labels, scores = cluster_seeds(
             emb, sigma, seed, mask, seed_thresh=o.seed_thresh, min_area=max(min_area, 1)
         )
-        return remove_small(labels.reshape(h, w).cpu().numpy(), min_area)
+        labels = labels.reshape(h, w).cpu().numpy()
+        seed_score = np.concatenate([[0.0], scores])[labels]  # per pixel, its seed's score
+        final = remove_small(labels, min_area)
+        return Prediction(final, label_means(final, seed_score))
 
 
 @register_method("embedseg")

@@ -33,7 +33,7 @@ import torch
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample, cache_dir
 from benchbio.guides import GuideMaps, Guides, guides_figure, sample_guides, search_guides
-from benchbio.instances import is_stack, owner_map, to_stack
+from benchbio.instances import Prediction, is_stack, owner_map, to_stack
 from benchbio.method import LogFn, Method, MethodOptions
 from benchbio.nets import CoordMaps, build_unet
 from benchbio.registry import register_method
@@ -215,7 +215,7 @@ class Harmonic(Method):
 
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
-    ) -> np.ndarray:
+    ) -> Prediction:
         return embeddings_to_labels(
             output.float(), self.opts.eps, fg=fg, min_area=min_area,
             clusterer=self.opts.clusterer, metric=self.opts.cluster_metric,

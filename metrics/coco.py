@@ -7,16 +7,21 @@ image) without any true, non-crowd instance. The set-level figures are one COCOe
 over all images at once, not a mean of the per-image figures (which come from a COCOeval
 run on that image alone).
 
-Every prediction needs a score: instances of plain label images get 1.0 each, listed in
-ascending label order (COCOeval's stable sort keeps that order on ties); a method that
-has a confidence passes it through ``evaluate(..., scores=...)``. Crowd ground truth
-(``gt_crowd``) is COCO ``iscrowd``: an ignore region.
+Every prediction needs a score: a method's confidence passed through
+``evaluate(..., scores=...)``, else ``area / (area + 1)`` per instance. COCOeval ranks
+detections by score with a stable sort, so on equal scores the order of the input
+decides; that order is made from the content alone, never from image order or names:
+within an image, detections are listed by decreasing score, then by the raster position
+(row-major index) of their first pixel; images are listed by a SHA-1 digest of their
+shape, ground-truth masks and scored predictions. Crowd ground truth (``gt_crowd``) is
+COCO ``iscrowd``: an ignore region.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 
 import numpy as np
@@ -48,8 +53,10 @@ def _label_masks(labels: np.ndarray) -> np.ndarray:
     return seq[None] == np.arange(1, n + 1)[:, None, None]
 
 
-def _pair_rles(pair: ImagePair) -> tuple[list[dict], np.ndarray, list[dict], np.ndarray]:
-    """(gt RLEs, crowd flags, predicted RLEs, scores) of one image, cached on the pair."""
+def _pair_rles(pair: ImagePair) -> tuple[list[dict], np.ndarray, list[dict], np.ndarray, str]:
+    """(gt RLEs, crowd flags, predicted RLEs, scores, digest) of one image, cached on the
+    pair. Predictions are in canonical order (score descending, then first pixel); the
+    digest of the image's content orders images for COCOeval."""
     if "coco" not in pair.cache:
         if is_stack(pair.gt):
             keep = np.flatnonzero(pair.gt.any(axis=(1, 2)))
@@ -57,12 +64,18 @@ def _pair_rles(pair: ImagePair) -> tuple[list[dict], np.ndarray, list[dict], np.
         else:
             gt_masks = _label_masks(pair.gt)
         pred_masks = pair.pred_instances if is_stack(pair.pred) else _label_masks(pair.pred)
-        pair.cache["coco"] = (
-            encode(gt_masks),
-            pair.gt_crowd_flags,
-            encode(pred_masks),
-            pair.instance_scores(),
-        )
+        scores = np.asarray(pair.instance_scores(), dtype=np.float64)
+        first_pixel = (pred_masks.reshape(len(pred_masks), -1).argmax(1) if len(pred_masks)
+                       else np.zeros(0, dtype=np.int64))
+        order = np.lexsort((first_pixel, -scores))
+        gt_rles, dt_rles = encode(gt_masks), encode(pred_masks[order])
+        digest = hashlib.sha1(repr(tuple(pair.gt.shape[-2:])).encode())
+        for rle, crowd in zip(gt_rles, pair.gt_crowd_flags, strict=True):
+            digest.update(rle["counts"] + (b"c" if crowd else b"g"))
+        for rle, score in zip(dt_rles, scores[order], strict=True):
+            digest.update(rle["counts"] + np.float64(score).tobytes())
+        pair.cache["coco"] = (gt_rles, pair.gt_crowd_flags, dt_rles, scores[order],
+                              digest.hexdigest())
     return pair.cache["coco"]
 
 
@@ -81,10 +94,11 @@ def _empty_results(gt: COCO) -> COCO:
 def coco_ap(pairs: list[ImagePair]) -> dict[str, float]:
     """COCOeval (segm) figures over all ``pairs`` at once, as ``{key: value}``."""
     images, gt_anns, dt_anns = [], [], []
-    for image_id, pair in enumerate(pairs, start=1):
+    canonical = sorted(pairs, key=lambda pair: _pair_rles(pair)[4])  # content, not names
+    for image_id, pair in enumerate(canonical, start=1):
         h, w = pair.gt.shape[-2:]
         images.append({"id": image_id, "height": int(h), "width": int(w)})
-        gt_rles, crowd, dt_rles, scores = _pair_rles(pair)
+        gt_rles, crowd, dt_rles, scores, _ = _pair_rles(pair)
         for rle, is_crowd in zip(gt_rles, crowd, strict=True):
             gt_anns.append(
                 {
@@ -99,7 +113,8 @@ def coco_ap(pairs: list[ImagePair]) -> dict[str, float]:
             )
         for rle, score in zip(dt_rles, scores, strict=True):
             dt_anns.append(
-                {"image_id": image_id, "category_id": 1, "segmentation": rle, "score": score}
+                {"image_id": image_id, "category_id": 1, "segmentation": rle,
+                 "score": float(score)}
             )
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         gt = COCO()

@@ -110,3 +110,53 @@ def test_unknown_metric_exits_2(dirs):
 def test_missing_folder_exits_2(tmp_path):
     res = run(tmp_path / "none", tmp_path)
     assert res.exit_code == 2 and "none" in res.output
+
+
+def _tied_folders(root, names, scored: bool):
+    """Six images of three equal squares each, predictions exact or shifted off their
+    object, written under ``names`` (the i-th image as ``names[i]``)."""
+    rng = np.random.default_rng(0)
+    pred_dir, gt_dir = root / "pred", root / "gt"
+    for name in names:
+        gt = np.zeros((30, 30), int)
+        pred = np.zeros((30, 30), int)
+        for k, (y, x) in enumerate([(2, 2), (2, 16), (16, 9)], start=1):
+            gt[y : y + 10, x : x + 10] = k
+            dy = 0 if rng.random() < 0.5 else 6
+            pred[y + dy : y + dy + 10, x : x + 10] = k
+        write_labels(gt_dir / f"{name}.png", gt)
+        write_labels(pred_dir / f"{name}.tif", pred)
+        if scored:
+            (pred_dir / f"{name}.scores.json").write_text('{"1": 0.5, "2": 0.5, "3": 0.5}')
+    return pred_dir, gt_dir
+
+
+@pytest.mark.parametrize("scored", [False, True])
+def test_coco_keys_are_the_same_for_files_renamed_into_another_order(tmp_path, scored):
+    keys = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+    first = _tied_folders(tmp_path / "one", [f"img{i}" for i in range(6)], scored)
+    second = _tied_folders(tmp_path / "two", ["f", "b", "e", "a", "d", "c"], scored)
+    results = []
+    for pred, gt in (first, second):
+        out = pred.parent / "r.json"
+        res = run(pred, gt, "-m", "coco", "--json", out)
+        assert res.exit_code == 0, res.output
+        results.append([json.loads(out.read_text())["mean"][k] for k in keys])
+    assert results[0] == results[1]
+
+
+def test_scores_files_are_used_and_checked(dirs):
+    pred, gt = dirs
+    base = run(pred, gt, "-m", "coco")
+    assert base.exit_code == 0, base.output
+    (pred / "a.scores.json").write_text('{"4": 0.9, "8": 0.2}')
+    partial = run(pred, gt, "-m", "coco")
+    assert partial.exit_code == 2 and "b.scores.json" in partial.output
+    (pred / "b.scores.json").write_text('{"1": 0.3}')
+    assert run(pred, gt, "-m", "coco").exit_code == 0
+    (pred / "b.scores.json").write_text('{"7": 0.3}')  # label 1 has no score
+    missing = run(pred, gt, "-m", "coco")
+    assert missing.exit_code == 2 and "no score" in missing.output
+    (pred / "b.scores.json").write_text("[1, 2]")
+    broken = run(pred, gt, "-m", "coco")
+    assert broken.exit_code == 2 and "b.scores.json" in broken.output

@@ -42,6 +42,18 @@ def test_targets_with_fg_mask_weight_only_foreground():
     assert t["weight"].sum() == 24 and t["weight"][0, 0] == 0
 
 
+def test_targets_with_fg_mask_keep_every_object_of_a_crop_without_background():
+    from test_instances import background_free_crop
+
+    crop = background_free_crop()
+    g = Guides(_guides().params, 12, 6)
+    t = harmonic_targets(g, crop, fg=crop > 0)
+    assert t["weight"].min() == 1.0  # both objects carry weight
+    maps = g.maps(12, 6)
+    assert np.allclose(t["embedding"][:, 0, 0], maps[:, crop == 3].mean(1), atol=1e-6)
+    assert np.allclose(t["embedding"][:, -1, 0], maps[:, crop == 5].mean(1), atol=1e-6)
+
+
 def test_overlap_pixels_are_ignored_but_objects_keep_full_extent():
     g = _guides()
     stack = np.zeros((2, 16, 16), bool)
@@ -131,7 +143,7 @@ def test_cluster_kernel_option_reaches_the_mean_shift(name, monkeypatch):
     method = benchbio.create_method(name, cluster_kernel="gaussian")
     output = torch.zeros(12, 8, 8)
     output[:, :, 4:] = 1.0  # two flat halves: two clusters, one taken as background
-    labels = method.postprocess(output, None, 0)
+    labels = method.postprocess(output, None, 0).labels
     assert seen == ["gaussian"]
     halves = {int(labels[:, :4].max()), int(labels[:, 4:].max())}
     assert labels.max() == 1 and halves == {0, 1}

@@ -131,8 +131,8 @@ def test_tiled_prediction_equals_whole_image_prediction(name):
     method = benchbio.create_method(name)
     image = _ideal_harmonic(labels) if name == "harmonic" else _ideal_embedseg(labels)
     predictor = Predictor(method, _Oracle(), CPU, in_channels=len(image), min_area=5)
-    whole = predict_image(predictor, image, tile=1024)
-    tiled = predict_image(predictor, image, tile=40, overlap=16, batch_size=5)
+    whole = predict_image(predictor, image, tile=1024).labels
+    tiled = predict_image(predictor, image, tile=40, overlap=16, batch_size=5).labels
     # every instance of the truth crosses into more than one tile for some of them
     assert any(len({(y // 40, x // 40) for y, x in np.argwhere(labels == k)}) > 1
                for k in range(1, labels.max() + 1))
@@ -150,14 +150,14 @@ def test_embedseg_unflip_maps_the_flipped_ideal_output_back():
     # a network that segments perfectly whatever the orientation: TTA must keep that
     predictor = Predictor(method, _LabelOracle(), CPU, in_channels=1, min_area=5)
     image = labels[None].astype(np.float32)  # 64 x 72: no padding
-    plain = predict_image(predictor, image)
-    tta = predict_image(predictor, image, flip=True)
+    plain = predict_image(predictor, image).labels
+    tta = predict_image(predictor, image, flip=True).labels
     assert adjusted_rand_score(labels.ravel(), plain.ravel()) == 1.0
     assert adjusted_rand_score(labels.ravel(), tta.ravel()) == 1.0
     # without the sign change of the x offset, TTA would pull instances apart
     method.unflip = lambda output, dims: output.flip(dims)
     assert adjusted_rand_score(labels.ravel(), predict_image(predictor, image, flip=True)
-                               .ravel()) < 1.0
+                               .labels.ravel()) < 1.0
 
 
 class _LabelOracle(torch.nn.Module):

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 
 from benchbio.instances import (
+    Prediction,
+    as_prediction,
     count_instances,
     crop_instances,
+    default_scores,
     foreground,
+    label_means,
     owner_map,
     relabel,
     to_label_image,
@@ -63,3 +67,41 @@ def test_empty_stacks_are_handled():
     one = np.zeros((1, 4, 4), bool)
     one[0, 3, 3] = True
     assert crop_instances(one, (slice(0, 2), slice(0, 2))).shape == (0, 2, 2)
+
+
+def background_free_crop() -> np.ndarray:
+    """A crop of a label image (background 0) that objects 3 and 5 cover completely."""
+    labels = np.zeros((12, 12), int)
+    labels[:6, :6] = 3
+    labels[6:, :6] = 5
+    labels[2:4, 8:10] = 7
+    return crop_instances(labels, (slice(0, 12), slice(0, 6)))
+
+
+def test_owner_map_keeps_every_object_of_a_crop_without_background():
+    crop = background_free_crop()
+    assert crop.min() == 3  # no background pixel in the crop
+    owner = owner_map(crop)
+    assert sorted(np.unique(owner)) == [1, 2]  # objects 3, 5 -> 1, 2; neither is background
+
+
+def test_a_sample_stores_background_as_zero():
+    from benchbio.data import Sample
+
+    image = np.zeros((1, 2, 3), np.float32)
+    sample = Sample("s", image, np.array([[4, 4, 9], [6, 4, 9]]))  # lowest value 4 = background
+    assert sample.instances.tolist() == [[0, 0, 5], [2, 0, 5]]
+    zero_based = np.array([[0, 2, 2], [0, 0, 5]])
+    assert Sample("t", image, zero_based).instances is zero_based  # already 0: untouched
+
+
+def test_prediction_scores_and_defaults():
+    labels = np.array([[0, 1, 1], [2, 2, 2]])
+    assert default_scores(labels) == {1: 2 / 3, 2: 3 / 4}  # area / (area + 1)
+    assert as_prediction(labels).scores == default_scores(labels)
+    pred = Prediction(labels, {1: 0.9, 2: 0.1})
+    assert as_prediction(pred) is pred
+    with pytest.raises(ValueError, match="no score for label"):
+        Prediction(labels, {1: 0.9})
+    values = np.array([[5.0, 1.0, 3.0], [0.0, 3.0, 6.0]])
+    assert label_means(labels, values) == {1: 2.0, 2: 3.0}

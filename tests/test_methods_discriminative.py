@@ -55,6 +55,15 @@ def test_targets_background_and_overlaps():
     assert cluster_targets(stack, stack.any(0)).tolist() == [[0, -1], [1, -1]]
 
 
+def test_targets_with_fg_keep_every_object_of_a_crop_without_background():
+    from test_instances import background_free_crop
+
+    crop = background_free_crop()
+    clusters = cluster_targets(crop, crop > 0)
+    assert (clusters[crop == 3] == 0).all() and (clusters[crop == 5] == 1).all()
+    assert sorted(np.unique(cluster_targets(crop, None))) == [1, 2]  # 0 = background
+
+
 def ideal_embedding(labels: np.ndarray, dim: int = 12, seed: int = 0) -> torch.Tensor:
     """Each instance (and background) at a random centre, pixels jittered by <= 0.02."""
     rng = np.random.default_rng(seed)

@@ -85,6 +85,21 @@ def test_oracle_recovers_instances(given_fg):
     assert evaluate(preds, gts, ["sbd"]).mean["sbd"] >= 0.99
 
 
+def test_targets_keep_every_object_of_a_crop_without_background():
+    from test_instances import background_free_crop
+
+    crop = background_free_crop()
+    owner = create_method("embedseg").targets(crop, None)["owner"]
+    assert (owner[crop == 3] == 1).all() and (owner[crop == 5] == 2).all()
+
+
+def test_seed_scores_are_the_instance_scores():
+    _, labels = make_cells(0, size=64)
+    pred = create_method("embedseg").postprocess(ideal_output(labels), labels > 0, min_area=5)
+    assert set(pred.scores) == set(np.unique(pred.labels)) - {0}
+    assert all(0.9 <= v <= 1.0 for v in pred.scores.values())  # seeds above seed_thresh
+
+
 def test_training_steps_lower_the_loss():
     torch.manual_seed(0)
     method = create_method("embedseg", width=8)

@@ -255,11 +255,18 @@ def test_coco_equals_pycocotools_on_mask_stacks_with_scores():
     assert coco_keys(got) == pytest.approx(want, abs=1e-12)
     assert 0 < got.mean["ap"] < 1
     unscored = evaluate(preds, gts, metrics=["coco"])
-    assert coco_keys(unscored) == pytest.approx(direct_coco(gts, preds), abs=1e-12)
+    assert coco_keys(unscored) == pytest.approx(
+        direct_coco(gts, preds, scores=[area_scores(p) for p in preds]), abs=1e-12)
     assert unscored.mean["ap"] != pytest.approx(got.mean["ap"])  # the scores were used
 
 
-def test_coco_label_images_score_in_ascending_label_order():
+def area_scores(stack: np.ndarray) -> list[float]:
+    """The documented default score of unscored instances: area / (area + 1)."""
+    area = stack.reshape(len(stack), -1).sum(1).astype(float)
+    return list(area / (area + 1))
+
+
+def test_coco_label_images_score_by_area():
     rng = np.random.default_rng(3)
     gt_stack = random_blobs(rng, 5)
     gt = np.zeros(gt_stack.shape[1:], int)
@@ -268,7 +275,55 @@ def test_coco_label_images_score_in_ascending_label_order():
     pred = np.roll(gt, 2, axis=1) * 3  # ids 3, 6, ... ascending = same order
     got = evaluate([pred], [gt], metrics=["coco"])
     masks = lambda lab: np.array([lab == v for v in np.unique(lab)[1:]])  # noqa: E731
-    assert coco_keys(got) == pytest.approx(direct_coco([masks(gt)], [masks(pred)]), abs=1e-12)
+    want = direct_coco([masks(gt)], [masks(pred)], scores=[area_scores(masks(pred))])
+    assert coco_keys(got) == pytest.approx(want, abs=1e-12)
+
+
+def _tied_set(n_images: int = 6, seed: int = 0):
+    """Images of equal squares: some predictions exact, some shifted off their object,
+    so equal scores across images make COCOeval's ranking depend on the order."""
+    rng = np.random.default_rng(seed)
+    gts, preds = [], []
+    for _ in range(n_images):
+        gt = np.zeros((3, 30, 30), bool)
+        pred = np.zeros((3, 30, 30), bool)
+        for k, (y, x) in enumerate([(2, 2), (2, 16), (16, 9)]):
+            gt[k, y : y + 10, x : x + 10] = True
+            dy = 0 if rng.random() < 0.5 else 6  # exact, or IoU 0.25
+            pred[k, y + dy : y + dy + 10, x : x + 10] = True
+        gts.append(gt)
+        preds.append(pred)
+    return preds, gts
+
+
+@pytest.mark.parametrize("scored", [False, True])
+def test_coco_keys_do_not_depend_on_image_order_or_names(scored):
+    preds, gts = _tied_set()
+    # equal scores everywhere (scored) or equal areas everywhere (unscored): all ties
+    scores = [{k: 0.5 for k in range(len(p))} for p in preds] if scored else None
+    names = [f"img{i}" for i in range(len(preds))]
+    first = evaluate(preds, gts, metrics=["coco"], names=names, scores=scores)
+    perm = [3, 0, 5, 1, 4, 2]
+    other = evaluate([preds[i] for i in perm], [gts[i] for i in perm], metrics=["coco"],
+                     names=[f"z{9 - i}" for i in perm],
+                     scores=None if scores is None else [scores[i] for i in perm])
+    keys = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+    assert [first.mean[k] for k in keys] == [other.mean[k] for k in keys]
+    # the same predictions in pycocotools' own order-sensitive form do differ
+    naive = direct_coco(gts, preds, scores=[[0.5] * 3] * len(preds))
+    naive_perm = direct_coco([gts[i] for i in perm], [preds[i] for i in perm],
+                             scores=[[0.5] * 3] * len(preds))
+    assert naive != pytest.approx(naive_perm)
+
+
+def test_coco_ties_within_an_image_do_not_depend_on_label_values():
+    preds, gts = _tied_set(n_images=6, seed=1)
+    as_labels = [(p * np.arange(1, 4)[:, None, None]).max(0) for p in preds]
+    relabelled = [np.where(lab > 0, 4 - lab, 0) for lab in as_labels]  # ids reversed
+    keys = ("ap", "ap50", "ap75")
+    a = evaluate(as_labels, gts, metrics=["coco"]).mean
+    b = evaluate(relabelled, gts, metrics=["coco"]).mean
+    assert [a[k] for k in keys] == [b[k] for k in keys]
 
 
 def test_coco_is_whole_set_not_mean_of_images():

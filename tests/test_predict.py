@@ -13,6 +13,7 @@ import benchbio
 from benchbio.cli import main
 from benchbio.guides import Guides
 from benchbio.inference import load_checkpoint, predict_image, read_input
+from benchbio.io import read_scores
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -69,7 +70,8 @@ def test_predict_writes_one_uint16_tif_per_input_with_its_name(checkpoint, input
         image = read_input(path, 3)
         assert labels.dtype == np.uint16 and labels.shape == image.shape[1:]
         expected = predict_image(predictor, image, min_area=4)
-        assert np.array_equal(labels, expected)
+        assert np.array_equal(labels, expected.labels)
+        assert read_scores(out / f"{name}.scores.json") == expected.scores
 
 
 def test_predict_refuses_to_overwrite(checkpoint, inputs, tmp_path):

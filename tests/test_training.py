@@ -119,6 +119,24 @@ def test_augment_keeps_image_and_instances_aligned():
         assert np.array_equal(img[0] > 0.5, inst > 0)
 
 
+def test_tile_scoring_keeps_every_object_of_a_tile_without_background():
+    from benchbio.data import Sample
+    from benchbio.instances import Prediction
+    from benchbio.training import evaluate_samples
+
+    gt = np.zeros((8, 16), int)
+    gt[:4, :8] = 3  # the left tile is covered by objects 3 and 5
+    gt[4:, :8] = 5
+    gt[2:5, 10:14] = 6
+    sample = Sample("img", np.zeros((1, 8, 16), np.float32), gt)
+    pred = np.where(gt == 3, 0, gt)  # object 3 missed, the others exact
+    result = evaluate_samples([Prediction(pred, {5: 0.9, 6: 0.8})], [sample], ["sbd", "dic"],
+                              eval_tile=8)
+    left = result.per_image["img@0_0"]
+    assert left["sbd"] == pytest.approx(0.5) and left["dic"] == -1  # 2 true objects, 1 found
+    assert result.per_image["img@0_8"]["sbd"] == 1.0
+
+
 def test_cuda_asked_without_gpu_is_exit_2():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DataError
 from ..evaluation import EvalResult, default_metrics, evaluate
-from ..io import list_images, read_labels
+from ..io import list_images, read_labels, read_scores, scores_path
 from ..registry import METRICS
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
@@ -115,14 +115,25 @@ def command(
     """Score predicted label images in PRED_DIR against GT_DIR, paired by name stem.
 
     Files are label images (tif, tiff, png; lowest value = background) or, as multi-page
-    tif, stacks of possibly overlapping instance masks.
+    tif, stacks of possibly overlapping instance masks. A prediction's instance scores
+    (for COCO AP) are read from <stem>.scores.json beside it, as `benchbio predict`
+    writes them; without that file each instance scores area / (area + 1).
     """
     names = parse_metrics(metrics)
     if json_path is not None and json_path.exists() and not overwrite:
         raise DataError(f"{json_path} exists; pass --overwrite to replace it or pick another path")
     pairs = pair_files(pred_dir, gt_dir)
-    preds, gts = [], []
-    for _, pred_path, gt_path in pairs:
+    preds, gts, scores = [], [], []
+    sidecars = [scores_path(pred_path) for _, pred_path, _ in pairs]
+    present = [path.is_file() for path in sidecars]
+    if any(present) and not all(present):
+        lonely = ", ".join(p.name for p, ok in zip(sidecars, present, strict=True) if not ok)
+        raise DataError(
+            f"{pred_dir} has scores files for some predictions but not {lonely}; give every "
+            "prediction a <stem>.scores.json or none"
+        )
+    for sidecar, (_, pred_path, gt_path) in zip(sidecars, pairs, strict=True):
+        scores.append(read_scores(sidecar) if sidecar.is_file() else None)
         pred, gt = read_labels(pred_path), read_labels(gt_path)
         if pred.shape[-2:] != gt.shape[-2:]:
             raise DataError(
@@ -132,7 +143,8 @@ def command(
             )
         preds.append(pred)
         gts.append(gt)
-    result = evaluate(preds, gts, metrics=names, names=[stem for stem, _, _ in pairs])
+    result = evaluate(preds, gts, metrics=names, names=[stem for stem, _, _ in pairs],
+                      scores=scores)
     print_result(result, Console())
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
