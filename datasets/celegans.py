@@ -144,7 +144,7 @@ def _read_mask(path: Path) -> np.ndarray:
     return mask > 0
 
 
-def _loader(wells: dict[str, dict], input: str):
+def _loader(wells: dict[str, dict], source: str):
     def load(well: str) -> Sample:
         entry = wells[well]
         masks = [_read_mask(p) for p in entry["worms"]]
@@ -154,7 +154,7 @@ def _loader(wells: dict[str, dict], input: str):
                                 f"is {masks[0].shape}; masks of a well must have one size")
         stack = np.stack(masks)
         fg = None
-        if input == "foreground":
+        if source == "foreground":
             fg = _read_mask(entry["fg"])
             image = fg[None].astype(np.float32)
         else:
@@ -170,8 +170,9 @@ def _loader(wells: dict[str, dict], input: str):
     return load
 
 
-def _usable(wells: dict[str, dict], input: str) -> list[str]:
-    key = "fg" if input == "foreground" else BRIGHTFIELD_CHANNEL
+def _usable(wells: dict[str, dict], source: str) -> list[str]:
+    """Wells that have the image the ``input`` option asks for (``source``)."""
+    key = "fg" if source == "foreground" else BRIGHTFIELD_CHANNEL
     missing = [w for w, e in wells.items() if e[key] is None and w not in UNPAIRED_WELLS]
     if missing:
         what = f"{FG_DIR}/{missing[0]}_binary.png" if key == "fg" else (
