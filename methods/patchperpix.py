@@ -379,7 +379,7 @@ def patch_graph(
     each patch with itself: the mean consensus over sampled
     pairs of their pixels above ``threshold`` (pairs within both patches weighted
     ``intersection_share``)."""
-    k, r, w = patches.k, patches.r, patches.w
+    r, w = patches.r, patches.w
     yx = np.stack([centres.numpy() // w, centres.numpy() % w], 1)
     near = cKDTree(yx).query_pairs(4 * r, p=np.inf, output_type="ndarray")
     selfs = np.repeat(np.arange(len(centres))[:, None], 2, 1)
@@ -423,7 +423,7 @@ def complete_overlaps(
     """
     if not overlap.any() or len(masks) == 0:
         return masks
-    k, r, h, w = patches.k, patches.r, patches.h, patches.w
+    r, h, w = patches.r, patches.h, patches.w
     reach = ndi.binary_dilation(overlap, np.ones((2 * r + 1, 2 * r + 1), bool))
     centres = torch.from_numpy(np.flatnonzero(reach.ravel()))
     centres = centres[patches.valid[centres]]
