@@ -413,7 +413,8 @@ def patch_graph(
 
 
 def complete_overlaps(
-    patches: _Patches, masks: np.ndarray, overlap: np.ndarray, threshold: float
+    patches: _Patches, masks: np.ndarray, overlap: np.ndarray, threshold: float,
+    chunk: int = 1024,
 ) -> np.ndarray:
     """Add each predicted overlap pixel to every instance that a patch centred on one of
     the instance's pixels outside overlaps claims it for (value above ``threshold``).
@@ -429,12 +430,17 @@ def complete_overlaps(
     centres = centres[patches.valid[centres]]
     if len(centres) == 0:
         return masks
-    pix, inside = patches.window(centres)
-    claims = (patches.prob[patches.row[centres]] > threshold) & inside
-    claims &= torch.from_numpy(overlap.ravel())[pix]
-    m, off = claims.nonzero(as_tuple=True)
-    claimed = sparse.csr_matrix(
-        (np.ones(len(m)), (m.numpy(), pix[m, off].numpy())), shape=(len(centres), h * w))
+    rows, cols = [], []
+    for start in range(0, len(centres), chunk):
+        pix, inside = patches.window(centres[start:start + chunk])
+        claims = (patches.prob[patches.row[centres[start:start + chunk]]] > threshold) & inside
+        claims &= torch.from_numpy(overlap.ravel())[pix]
+        m, off = claims.nonzero(as_tuple=True)
+        rows.append((m + start).numpy())
+        cols.append(pix[m, off].numpy())
+    rows_np, cols_np = np.concatenate(rows), np.concatenate(cols)
+    claimed = sparse.csr_matrix((np.ones(len(rows_np)), (rows_np, cols_np)),
+                                shape=(len(centres), h * w))
     owners = sparse.csr_matrix(masks.reshape(len(masks), -1)[:, centres.numpy()].astype(float))
     extra = (owners @ claimed).toarray().reshape(masks.shape) > 0
     return masks | extra
