@@ -49,6 +49,7 @@ instance's confidence is the mean rank score of its patches mapped from [-1, 1] 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -67,7 +68,6 @@ from benchbio.registry import register_method
 
 __all__ = [
     "IGNORE",
-    "HEADS",
     "PatchPerPixOptions",
     "PatchPerPix",
     "patch_targets",
@@ -77,8 +77,6 @@ __all__ = [
 
 IGNORE = 2
 """Patch target value of offsets outside the crop (unknown; the loss skips them)."""
-
-HEADS = ("auto", "fg", "count")
 
 
 @dataclass
@@ -111,7 +109,7 @@ class PatchPerPixOptions(MethodOptions):
     """
 
     patch_size: int = 41
-    head: str = "auto"
+    head: Literal["auto", "fg", "count"] = "auto"
     max_num_inst: int = 2
     overlap_share: float = 0.5
     overlap_max_dist: int = 15
@@ -124,6 +122,19 @@ class PatchPerPixOptions(MethodOptions):
     intersection_share: float = 0.2
     decode_seed: int = 0
     kernel_size: int = 7
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 3 or self.patch_size % 2 == 0:
+            raise BenchbioError(f"patch_size={self.patch_size}: use an odd size of 3 or more")
+        if self.max_num_inst < 2:
+            raise BenchbioError(f"max_num_inst={self.max_num_inst}: use 2 or more")
+        for name in ("patch_threshold", "fc_threshold", "fg_thresh", "overlap_share",
+                     "intersection_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise BenchbioError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        for name in ("rank_pairs", "consensus_samples", "graph_pairs"):
+            if getattr(self, name) < 1:
+                raise BenchbioError(f"{name}={getattr(self, name)} must be at least 1")
 
 
 # ---------------------------------------------------------------------------- targets
@@ -523,21 +534,7 @@ class PatchPerPix(Method):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        o = self.opts
-        if o.patch_size < 3 or o.patch_size % 2 == 0:
-            raise BenchbioError(f"patch_size={o.patch_size}: use an odd size of 3 or more")
-        if o.head not in HEADS:
-            raise BenchbioError(f"head={o.head!r}: use one of {', '.join(HEADS)}")
-        if o.max_num_inst < 2:
-            raise BenchbioError(f"max_num_inst={o.max_num_inst}: use 2 or more")
-        for name in ("patch_threshold", "fc_threshold", "fg_thresh", "overlap_share",
-                     "intersection_share"):
-            if not 0.0 <= getattr(o, name) <= 1.0:
-                raise BenchbioError(f"{name}={getattr(o, name)} must be in [0, 1]")
-        for name in ("rank_pairs", "consensus_samples", "graph_pairs"):
-            if getattr(o, name) < 1:
-                raise BenchbioError(f"{name}={getattr(o, name)} must be at least 1")
-        self.count_head = o.head == "count"
+        self.count_head = self.opts.head == "count"
         #: confidences of the instances of the last :meth:`postprocess`, keyed as the
         #: evaluation keys them (label value or stack index).
         self.last_scores: dict[int, float] = {}

@@ -143,12 +143,12 @@ def test_training_steps_lower_the_loss():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset, key", [("synthetic-cells", "sbd"), ("synthetic-worms", "avs")])
-def test_benchbio_run(dataset, key):
+def test_benchbio_run_on_a_mask_stack_dataset():
+    # (the label-image run is tests/test_methods_run.py's, as for every method)
     data = [f"--data-opt={kv}" for kv in ("n_train=2", "n_val=1", "n_test=1", "size=32")]
-    args = ["run", "--method", "patchperpix", "--dataset", dataset, "--epochs", "1",
+    args = ["run", "--method", "patchperpix", "--dataset", "synthetic-worms", "--epochs", "1",
             "--batch-size", "2", "--crop-size", "32", "--device", "cpu", "--no-track",
             "--set", "width=8", "--set", "patch_size=5", *data]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert key in result.output
+    assert "avs" in result.output and "ap" in result.output
