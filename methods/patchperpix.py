@@ -613,7 +613,9 @@ class PatchPerPix(Method):
     def decode(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
     ) -> tuple[np.ndarray, dict[int, float]]:
-        """Instances and their confidences (keyed by label value or stack index)."""
+        """Instances and their confidences (keyed by label value or stack index): a mask
+        stack with a count head, else (and when nothing is found, which a TIFF cannot hold
+        as a stack of no pages) a label image."""
         o = self.opts
         output = output.detach().cpu()
         mask, overlap = self.foreground(output, fg)
@@ -625,7 +627,7 @@ class PatchPerPix(Method):
         )
         big = masks.sum((1, 2)) >= max(min_area, 1) if len(masks) else np.zeros(0, bool)
         masks, conf = masks[big], conf[big]
-        if self.count_head:
+        if self.count_head and len(masks):
             return masks, {i: float(c) for i, c in enumerate(conf)}
         labels = np.zeros(mask.shape, np.int64)
         for i in np.argsort(conf, kind="stable"):  # the most confident is painted last

@@ -106,6 +106,14 @@ def test_oracle_worms_give_ap_and_avs_one_with_overlaps():
     assert result["avs"] == pytest.approx(1.0)
 
 
+def test_nothing_found_is_an_empty_label_image():
+    method = create_method("patchperpix", patch_size=5, head="count")
+    output = torch.full((28, 16, 16), -20.0)
+    output[25] = 20.0  # count 0 everywhere
+    pred = method.postprocess(output, None, min_area=0)
+    assert pred.shape == (16, 16) and pred.max() == 0 and method.last_scores == {}
+
+
 def test_unflip_maps_the_flipped_oracle_back():
     _, labels = make_cells(3, size=32)
     method = create_method("patchperpix", patch_size=5)
