@@ -72,15 +72,14 @@ def run_case(patch_size: int, seed: int, noise: float, options: dict) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
     rss_before = _vm("VmRSS")
     cpu, wall = time.process_time(), time.perf_counter()
-    pred = method.postprocess(output, None, min_area=0)
+    prediction = method.postprocess(output, None, min_area=0)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     peak = _vm("VmHWM")
-    scores = method.last_scores
-    figures = evaluate([pred], [stack], ["coco", "avs"], scores=[scores]).mean
+    figures = evaluate([prediction], [stack], ["coco", "avs"]).mean
     return {
         "patch_size": patch_size, "seed": seed, "noise": noise, "options": options,
         "instances": int(len(stack)), "fg_pixels": int(fg.sum()),
-        "overlap_pixels": int((count > 1).sum()), "predicted": int(len(pred)),
+        "overlap_pixels": int((count > 1).sum()), "predicted": len(prediction.scores),
         "cpu_s": cpu, "wall_s": wall, "input_mb": input_mb,
         "rss_before_mb": rss_before, "decode_peak_mb": peak - rss_before,
         "ap": figures["ap"], "avs": figures["avs"],

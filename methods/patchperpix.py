@@ -40,10 +40,10 @@ contain both pixels, plus the patches being compared; each patch is ranked on
 ``rank_pairs`` sampled pixel pairs, each graph edge on ``graph_pairs``. Draws come from a
 generator seeded with ``decode_seed``, so a decode is reproducible.
 
-On mask-stack datasets :meth:`PatchPerPix.postprocess` returns a ``(K, H, W)`` mask
-stack, elsewhere a label image (the most confident instance wins a shared pixel). Each
-instance's confidence is the mean rank score of its patches mapped from [-1, 1] to
-[0, 1].
+On mask-stack datasets :meth:`PatchPerPix.postprocess` returns a
+:class:`~benchbio.instances.Prediction` of a ``(K, H, W)`` mask stack, elsewhere of a
+label image (the most confident instance wins a shared pixel). Each instance's confidence
+is the mean rank score of its patches mapped from [-1, 1] to [0, 1].
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from scipy.spatial import cKDTree
 
 from benchbio.cluster import remove_small
 from benchbio.errors import BenchbioError
-from benchbio.instances import is_stack, owner_map, to_stack
+from benchbio.instances import Prediction, is_stack, owner_map, to_stack
 from benchbio.method import Method, MethodOptions
 from benchbio.nets import build_unet
 from benchbio.registry import register_method
@@ -535,9 +535,6 @@ class PatchPerPix(Method):
     def __init__(self, **options) -> None:
         super().__init__(**options)
         self.count_head = self.opts.head == "count"
-        #: confidences of the instances of the last :meth:`postprocess`, keyed as the
-        #: evaluation keys them (label value or stack index).
-        self.last_scores: dict[int, float] = {}
 
     @property
     def patch_channels(self) -> int:
@@ -610,12 +607,12 @@ class PatchPerPix(Method):
         mask = fg_pred.numpy() if fg is None else np.asarray(fg, bool)
         return mask, overlap & mask
 
-    def decode(
+    def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
-    ) -> tuple[np.ndarray, dict[int, float]]:
-        """Instances and their confidences (keyed by label value or stack index): a mask
-        stack with a count head, else (and when nothing is found, which a TIFF cannot hold
-        as a stack of no pages) a label image."""
+    ) -> Prediction:
+        """Instances and their confidences: a mask stack (keyed by mask index) with a count
+        head, else (and when nothing is found, which a TIFF cannot hold as a stack of no
+        pages) a label image."""
         o = self.opts
         output = output.detach().cpu()
         mask, overlap = self.foreground(output, fg)
@@ -628,7 +625,7 @@ class PatchPerPix(Method):
         big = masks.sum((1, 2)) >= max(min_area, 1) if len(masks) else np.zeros(0, bool)
         masks, conf = masks[big], conf[big]
         if self.count_head and len(masks):
-            return masks, {i: float(c) for i, c in enumerate(conf)}
+            return Prediction(masks, {i: float(c) for i, c in enumerate(conf)})
         labels = np.zeros(mask.shape, np.int64)
         for i in np.argsort(conf, kind="stable"):  # the most confident is painted last
             labels[masks[i]] = i + 1
@@ -637,14 +634,7 @@ class PatchPerPix(Method):
         for new in range(1, int(kept.max(initial=0)) + 1):
             old = int(labels[kept == new][0])
             scores[new] = float(conf[old - 1])
-        return kept, scores
-
-    def postprocess(
-        self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
-    ) -> np.ndarray:
-        """A mask stack (count head) or label image; confidences in :attr:`last_scores`."""
-        instances, self.last_scores = self.decode(output, fg, min_area)
-        return instances
+        return Prediction(kept, scores)
 
 
 @register_method("patchperpix")

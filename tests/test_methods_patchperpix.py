@@ -81,8 +81,8 @@ def test_oracle_cells_give_sbd_one():
     for seed in range(2):
         _, labels = make_cells(seed, size=64)
         pred = method.postprocess(oracle_output(labels, 9, False), None, min_area=5)
-        assert pred.ndim == 2  # a label image where instances do not overlap
-        assert sorted(method.last_scores) == list(range(1, int(pred.max()) + 1))
+        assert pred.labels.ndim == 2  # a label image where instances do not overlap
+        assert sorted(pred.scores) == list(range(1, int(pred.labels.max()) + 1))
         preds.append(pred)
         gts.append(labels)
     assert evaluate(preds, gts, ["sbd"]).mean["sbd"] == pytest.approx(1.0)
@@ -92,16 +92,16 @@ def test_oracle_worms_give_ap_and_avs_one_with_overlaps():
     # The patch must see across every stretch where two worms overlap entirely (the
     # decode cannot tell which ends belong together otherwise): 21 here.
     method = create_method("patchperpix", patch_size=21, head="count")
-    preds, gts, scores = [], [], []
+    preds, gts = [], []
     for seed in range(3):
         fg, stack = make_worms(seed, size=128)
         assert (stack.sum(0) > 1).any()
         pred = method.postprocess(oracle_output(stack, 21, True), fg[0] > 0.5, min_area=5)
-        assert pred.ndim == 3 and (pred.sum(0) > 1).any()  # overlapping masks
+        assert pred.labels.ndim == 3 and (pred.labels.sum(0) > 1).any()  # overlapping masks
+        assert sorted(pred.scores) == list(range(len(pred.labels)))
         preds.append(pred)
         gts.append(stack)
-        scores.append(method.last_scores)
-    result = evaluate(preds, gts, ["coco", "avs"], scores=scores).mean
+    result = evaluate(preds, gts, ["coco", "avs"]).mean
     assert result["ap"] == pytest.approx(1.0)
     assert result["avs"] == pytest.approx(1.0)
 
@@ -111,7 +111,7 @@ def test_nothing_found_is_an_empty_label_image():
     output = torch.full((28, 16, 16), -20.0)
     output[25] = 20.0  # count 0 everywhere
     pred = method.postprocess(output, None, min_area=0)
-    assert pred.shape == (16, 16) and pred.max() == 0 and method.last_scores == {}
+    assert pred.labels.shape == (16, 16) and pred.labels.max() == 0 and pred.scores == {}
 
 
 def test_unflip_maps_the_flipped_oracle_back():
