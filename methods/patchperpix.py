@@ -22,16 +22,21 @@ Decoding (the reference's ``vote_instances``) in PyTorch and SciPy, on the CPU:
 1. consensus: the affinity of two pixels x, y is the mean, over the foreground patches
    that contain both, of ``+f(a b)`` where both patch values exceed ``patch_threshold``
    (the reference's normalised product ``f(z) = (z - t^2) / (1 - t^2)``) and
-   ``-f(a (1 - b))`` where only one does; pixels in predicted overlaps take no part;
+   ``-f(a (1 - b))`` where only one does; pixels in predicted overlaps, and patches
+   centred on them, take no part;
 2. ranking: a patch's score is the mean of ``+A(x, y)`` over its pairs of "on" pixels and
    ``-A(x, y)`` over its on/off pairs;
 3. greedy cover: ranked patches (centres outside overlaps) are taken while they cover
-   foreground not yet covered by an earlier patch's pixels above ``fc_threshold``;
-4. patch graph: selected patches closer than two patch sizes, and each patch with
+   foreground not yet covered by an earlier patch's pixels above ``fc_threshold``, in
+   passes that first ask for much new foreground, then less (the reference's 500, 100,
+   50, 10, 0 pixels of a 41 x 41 patch, as shares of the patch);
+4. patch graph: selected patches closer than 4 r, and each patch with
    itself, are joined by the mean consensus over pairs of their pixels (pairs inside both
    patches weighted ``intersection_share``, the reference's 20 % sample);
 5. connected components of the positive edges (``scipy.sparse.csgraph``) are instances,
-   painted where their patches exceed ``patch_threshold``: a pixel may belong to two.
+   painted where their patches exceed ``patch_threshold``: a pixel may belong to two;
+   a predicted overlap pixel also joins each instance that the patch of one of its own
+   pixels nearby claims it for.
 
 The reference holds the consensus as a dense ``(2k)^2 x H x W`` array (10 GB for k = 41
 on a 520 x 696 image). Here it is never stored: each affinity that ranking and graph ask
