@@ -149,7 +149,10 @@ def main() -> None:
         + ", ".join(f"{(2 * s) ** 2 * HEIGHT * WIDTH * 4 / 2**30:.1f} GB for k = {s}"
                     for s in sorted({r['patch_size'] for r in rows}))
         + " (plus as much again for its counts). CPU time is the process time of the decode "
-        "(one thread): it changes far less with other processes' load than the wall time.",
+        "(one thread): it changes far less with other processes' load than the wall time. "
+        "AP and avS check that the decode works at this scale; they are lower for k = 21, "
+        "whose patches cannot see across the longer stretches where two 10-pixel-wide worms "
+        "overlap entirely (see docs/methods.md, Oracle).",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
