@@ -94,10 +94,13 @@ class Prediction:
     accepted too, see :func:`as_prediction`).
 
     Attributes:
-        labels: ``(H, W)`` integer label image, 0 = background, instances 1..n.
-        scores: ``{label: confidence}`` for every label in ``labels`` (extra keys are
-            ignored). Only the ranking matters (COCO AP sorts by it); methods give values
-            in [0, 1] where higher means more likely a true instance.
+        labels: ``(H, W)`` integer label image, 0 = background, instances 1..n; or a
+            ``(K, H, W)`` mask stack (masks may overlap, as ``patchperpix``'s on
+            overlapping data), instance i being mask i.
+        scores: ``{label: confidence}`` for every label in ``labels`` (``{i: ...}`` for
+            every non-empty mask i of a stack; extra keys are ignored). Only the ranking
+            matters (COCO AP sorts by it); methods give values in [0, 1] where higher
+            means more likely a true instance.
     """
 
     labels: np.ndarray
@@ -105,12 +108,18 @@ class Prediction:
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
-        if labels.ndim != 2:
-            raise ValueError(f"Prediction.labels must be (H, W), got shape {labels.shape}")
-        if labels.size and labels.min() < 0:
-            raise ValueError("Prediction.labels must be >= 0 (0 = background)")
-        present = np.flatnonzero(np.bincount(labels.ravel())) if labels.size else []
-        missing = sorted(set(int(i) for i in present) - {0} - set(self.scores))
+        if labels.ndim == 3:
+            labels = labels.astype(bool)
+            present = np.flatnonzero(labels.any(axis=(1, 2)))
+        elif labels.ndim == 2:
+            if labels.size and labels.min() < 0:
+                raise ValueError("Prediction.labels must be >= 0 (0 = background)")
+            present = np.flatnonzero(np.bincount(labels.ravel())) if labels.size else []
+            present = [i for i in present if i != 0]
+        else:
+            raise ValueError(
+                f"Prediction.labels must be (H, W) or (K, H, W), got shape {labels.shape}")
+        missing = sorted(set(int(i) for i in present) - set(self.scores))
         if missing:
             raise ValueError(f"Prediction has no score for label(s) {missing[:5]}")
         object.__setattr__(self, "labels", labels)
@@ -121,9 +130,13 @@ def default_scores(labels: np.ndarray) -> dict[int, float]:
     """The confidence of instances that come without one: ``area / (area + 1)``.
 
     It depends only on the instance (larger instances rank first, all scores in
-    [0.5, 1)), never on the order or names of images. ``labels`` has background 0.
+    [0.5, 1)), never on the order or names of images. ``labels`` has background 0, or is
+    a ``(K, H, W)`` mask stack (then keyed by mask index).
     """
     labels = np.asarray(labels)
+    if labels.ndim == 3:  # a mask stack: keyed by mask index
+        areas = labels.astype(bool).sum(axis=(1, 2))
+        return {int(i): float(a / (a + 1.0)) for i, a in enumerate(areas) if a}
     if labels.size == 0 or labels.max(initial=0) <= 0:
         return {}
     areas = np.bincount(labels.ravel().clip(min=0))

@@ -198,7 +198,7 @@ def celegans(options: CelegansOptions, data_dir: str | None = None) -> InstanceD
         name=NAME,
         splits={k: LazySamples(v, load) for k, v in splits.items()},
         in_channels=1,
-        metrics=("coco", "sbd", "dsb_accuracy"),
+        metrics=("coco", "sbd", "dsb_accuracy", "avs"),
         val_metric="ap",
         fg_at_test=options.input == "foreground",
         min_area=MIN_AREA,

@@ -212,6 +212,6 @@ def synthetic_worms(options: GeneratedOptions, data_dir: str | None = None) -> I
     """Overlapping worm-like instances from a binary image, generated; COCO AP scoring."""
     del data_dir  # generated, nothing on disk
     return _generated(
-        "synthetic-worms", make_worms, True, ("coco", "sbd", "dsb_accuracy"),
+        "synthetic-worms", make_worms, True, ("coco", "sbd", "dsb_accuracy", "avs"),
         "overlapping worm-like instances (mask stacks) from a binary image", options,
     )

@@ -166,8 +166,8 @@ def mlflow_server(tmp_path, monkeypatch, _empty_store_template):
 
 #: Small values for option fields that set a run's size, by field name: a test gives a
 #: plugin those of its fields its Options dataclass has (no list of plugin names).
-TINY_VALUES = {"width": 4, "kernel_size": 3, "search_steps": 5, "n_train": 2, "n_val": 1,
-               "n_test": 1, "size": 32}
+TINY_VALUES = {"width": 4, "kernel_size": 3, "search_steps": 5, "patch_size": 5, "n_train": 2,
+               "n_val": 1, "n_test": 1, "size": 32}
 
 
 def tiny_options(options_type: type) -> dict:

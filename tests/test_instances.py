@@ -105,3 +105,16 @@ def test_prediction_scores_and_defaults():
         Prediction(labels, {1: 0.9})
     values = np.array([[5.0, 1.0, 3.0], [0.0, 3.0, 6.0]])
     assert label_means(labels, values) == {1: 2.0, 2: 3.0}
+
+
+def test_prediction_of_a_mask_stack_scores_each_mask_by_index():
+    stack = np.zeros((3, 4, 4), bool)
+    stack[0, :2], stack[2, 1:] = True, True  # overlapping masks; mask 1 is empty
+    pred = Prediction(stack, {0: 0.9, 2: 0.4})
+    assert pred.labels.shape == (3, 4, 4) and pred.scores == {0: 0.9, 2: 0.4}
+    with pytest.raises(ValueError, match=r"no score for label\(s\) \[2\]"):
+        Prediction(stack, {0: 0.9})
+    assert default_scores(stack) == {0: 8 / 9, 2: 12 / 13}
+    assert as_prediction(stack).scores == default_scores(stack)
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(K, H, W\)"):
+        Prediction(np.zeros((1, 2, 2, 2)), {})

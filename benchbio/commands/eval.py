@@ -17,7 +17,7 @@ from ..registry import METRICS
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 # keys left out of the per-image table (still in the means table and the JSON)
-_DETAIL_KEY = re.compile(r"dsb_accuracy_\d+|ap_(small|medium|large)")
+_DETAIL_KEY = re.compile(r"dsb_accuracy_\d+|avs_\d+|ap_(small|medium|large)")
 
 
 def parse_metrics(values: tuple[str, ...]) -> list[str]:

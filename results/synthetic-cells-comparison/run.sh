@@ -9,12 +9,14 @@ export MLFLOW_DISABLE_TELEMETRY=true
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$here/mlflow.db}
 EPOCHS=${EPOCHS:-60}
 SEEDS=${SEEDS:-0}
-METHODS=${METHODS:-"harmonic harmonic-coordconv harmonic-noguide harmonic-random harmonic-low harmonic-high discriminative discriminative-sinconv embedseg"}
+METHODS=${METHODS:-"harmonic harmonic-coordconv harmonic-noguide harmonic-random harmonic-low harmonic-high discriminative discriminative-sinconv embedseg patchperpix"}
 for seed in $SEEDS; do
   for method in $METHODS; do
+    extra=()
+    [ "$method" = patchperpix ] && extra=(--set patch_size=11)  # 41 is BBBC010's size
     benchbio run --method "$method" --dataset synthetic-cells --experiment synthetic-cells-comparison \
       --epochs "$EPOCHS" --batch-size 16 --crop-size 64 --lr 3e-3 --seed "$seed" --val-every 20 \
-      --set width=16 --set kernel_size=3
+      --set width=16 --set kernel_size=3 "${extra[@]}"
   done
 done
 benchbio report --experiment synthetic-cells-comparison --out "$here" --overwrite \
