@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -112,35 +113,57 @@ def _resize(arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0].numpy()
 
 
+@functools.lru_cache(maxsize=64)
+def _nearest_source(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of each output index of a ``nearest-exact`` resize along one axis,
+    read off torch's own resize of an index ramp (so it is torch's rounding exactly)."""
+    ramp = torch.arange(size_in, dtype=torch.float32)[None, None, :, None]
+    out = F.interpolate(ramp, size=(size_out, 1), mode="nearest-exact")
+    return out[0, 0, :, 0].numpy().astype(np.int64)
+
+
+def _window(index: np.ndarray, pad: int, start: int, crop: int) -> np.ndarray:
+    """Source indices of a crop window along one axis; -1 where it falls in the padding."""
+    return np.concatenate([index, np.full(pad, -1, np.int64)])[start:start + crop]
+
+
+def _gather(arr: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``arr[..., rows, :][..., cols]``, zero (background, False) where an index is -1."""
+    out = arr[..., np.maximum(rows, 0)[:, None], np.maximum(cols, 0)[None, :]]
+    if (rows < 0).any() or (cols < 0).any():
+        out[..., (rows < 0)[:, None] | (cols < 0)[None, :]] = 0
+    return out
+
+
 def augment(
     sample: Sample, crop: int, scale: tuple[float, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Random rescale, random ``crop x crop`` window (zero padding if smaller), random
-    left-right flip: the paper's augmentation. Returns (image, instances, fg)."""
+    left-right flip: the paper's augmentation. Returns (image, instances, fg).
+
+    The image is resized bilinearly; masks and labels take the window's pixels of a
+    ``nearest-exact`` resize directly (the source index of every window pixel), the same
+    pixels as resizing the whole label image and cropping it, at a fraction of the cost.
+    """
     image, instances, fg = sample.image, np.asarray(sample.instances), sample.fg
     s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     h, w = image.shape[1:]
+    rows, cols = np.arange(h), np.arange(w)
     if abs(s - 1) > 1e-3:
         size = (max(1, round(h * s)), max(1, round(w * s)))
         image = _resize(image, size, "bilinear").astype(np.float32)
-        lab = instances if is_stack(instances) else instances[None]
-        lab = _resize(lab.astype(np.float32), size, "nearest").astype(lab.dtype)
-        instances = lab if is_stack(instances) else lab[0]
-        if fg is not None:
-            fg = _resize(fg[None].astype(np.float32), size, "nearest")[0] > 0.5
+        rows, cols = _nearest_source(h, size[0]), _nearest_source(w, size[1])
         h, w = size
     ph, pw = max(0, crop - h), max(0, crop - w)
     if ph or pw:
         image = np.pad(image, ((0, 0), (0, ph), (0, pw)))
-        pad = ((0, 0), (0, ph), (0, pw)) if is_stack(instances) else ((0, ph), (0, pw))
-        instances = np.pad(instances, pad)
-        fg = np.pad(fg, ((0, ph), (0, pw))) if fg is not None else None
-        h, w = h + ph, w + pw
-    y0, x0 = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-    sl = (slice(y0, y0 + crop), slice(x0, x0 + crop))
-    image = image[(slice(None), *sl)]
-    instances = crop_instances(instances, sl)
-    fg = fg[sl] if fg is not None else None
+    y0, x0 = int(rng.integers(0, h + ph - crop + 1)), int(rng.integers(0, w + pw - crop + 1))
+    image = image[:, y0:y0 + crop, x0:x0 + crop]
+    rows, cols = _window(rows, ph, y0, crop), _window(cols, pw, x0, crop)
+    instances = _gather(instances, rows, cols)
+    if is_stack(instances):
+        instances = instances[instances.any(axis=(1, 2))]
+    fg = _gather(np.asarray(fg), rows, cols) if fg is not None else None
     if rng.random() < 0.5:
         image, instances = image[..., ::-1], instances[..., ::-1]
         fg = fg[..., ::-1] if fg is not None else None
