@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -56,6 +56,7 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "CropDataset",
+    "collate_crops",
     "predict_samples",
     "evaluate_samples",
     "Trainer",
@@ -200,6 +201,24 @@ class CropDataset(Dataset):
                                                       for k, v in targets.items()}}
 
 
+def collate_crops(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack the crops' tensors into a batch (torch's ``default_collate``, which in a
+    loader worker builds the batch in shared memory); a target whose length varies from
+    crop to crop (e.g. a per-object table) is zero-padded at the end to the longest."""
+    items = [dict(item) for item in items]
+    for key, first in items[0].items():
+        if first.dim() == 0:
+            continue
+        longest = max(item[key].shape[0] for item in items)
+        for item in items:
+            value = item[key]
+            if value.shape[0] != longest:
+                padded = value.new_zeros((longest, *value.shape[1:]))
+                padded[: value.shape[0]] = value
+                item[key] = padded
+    return default_collate(items)
+
+
 # ---------------------------------------------------------------------------- inference
 def predict_samples(
     method: Method, model: torch.nn.Module, samples: Sequence[Sample], device: torch.device,
@@ -326,6 +345,7 @@ class Trainer:
         batches = [progress.order[i * size:(i + 1) * size] for i in range(self.steps_per_epoch)]
         loader = DataLoader(  # worker seeds from (seed, epoch): the same after a resume
             self.crops, batch_sampler=batches[progress.batch:], num_workers=config.workers,
+            collate_fn=collate_crops,
             generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch),
         )
         state.model.train()

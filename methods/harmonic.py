@@ -38,7 +38,10 @@ from benchbio.method import LogFn, Method, MethodOptions
 from benchbio.nets import CoordMaps, build_unet
 from benchbio.registry import register_method
 
-__all__ = ["HarmonicOptions", "Harmonic", "harmonic", "harmonic_targets", "guide_maps"]
+__all__ = [
+    "HarmonicOptions", "Harmonic", "harmonic", "harmonic_targets", "harmonic_table",
+    "expand_targets", "guide_maps",
+]
 
 #: Frequency ranges (radians per reference extent) for guides drawn without search.
 GUIDE_RANGES = {"random": (0.0, 50.0), "low": (0.0, 10.0), "high": (30.0, 50.0)}
@@ -104,15 +107,21 @@ def guide_maps(guides: Guides, height: int, width: int) -> tuple[np.ndarray, np.
 _GUIDE_MAPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def harmonic_targets(
+def harmonic_table(
     guides: Guides, instances: np.ndarray, fg: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    """Eq. 1-2 targets for one crop: ``embedding`` ``(N, H, W)`` and ``weight`` ``(H, W)``.
+    """Eq. 1-2 targets of one crop in compact form: ``owner`` ``(H, W)`` int64 (0
+    background, 1..K objects, -1 overlap), ``table`` ``(K + 1, N)`` float32 (row 0 the
+    background's target, row k object k's guided embedding) and ``weight`` ``(H, W)``
+    bool. The dense target is ``table[owner]`` (background's row where ``owner`` is -1):
+    :func:`expand_targets` builds it on the training device, so the loader ships a
+    table and a label image instead of N float maps (12 x 448 x 448 x 4 bytes = 9.6 MB
+    per crop).
 
     With a foreground mask (given at test time by the protocol) only owned foreground
     pixels carry weight. Without one, background is one more object whose target is the
     guides' mean over it. Overlap pixels carry no weight. Vectorised over instances:
-    one ``bincount`` per guide and one gather, whatever the number of objects.
+    one ``bincount`` per guide, whatever the number of objects.
     """
     h, w = instances.shape[-2:]
     maps, by_pixel = guide_maps(guides, h, w)  # (N, H, W) and (H * W, N) float32
@@ -132,13 +141,35 @@ def harmonic_targets(
     bg_mean = (np.compress(background.ravel(), by_pixel, axis=0).mean(0) if background.any()
                else np.zeros(len(maps)))
     table = np.vstack([bg_mean[None], means]).astype(np.float32)  # row 0 = background
-    # (N, H, W) straight from the (N, objects + 1) table: no (H, W, N) copy to transpose
-    target = np.take(np.ascontiguousarray(table.T), np.maximum(owner, 0), axis=1)
     if fg is not None:
         weight = (owner > 0) & np.asarray(fg, bool)
     else:
         weight = owner >= 0
-    return {"embedding": target, "weight": weight.astype(np.float32)}
+    return {"owner": owner.astype(np.int64, copy=False), "table": table, "weight": weight}
+
+
+def harmonic_targets(
+    guides: Guides, instances: np.ndarray, fg: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Eq. 1-2 targets for one crop: ``embedding`` ``(N, H, W)`` and ``weight`` ``(H, W)``
+    float32, the dense form of :func:`harmonic_table`."""
+    compact = harmonic_table(guides, instances, fg)
+    # (N, H, W) straight from the (N, objects + 1) table: no (H, W, N) copy to transpose
+    target = np.take(np.ascontiguousarray(compact["table"].T),
+                     np.maximum(compact["owner"], 0), axis=1)
+    return {"embedding": target, "weight": compact["weight"].astype(np.float32)}
+
+
+def expand_targets(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Dense ``embedding`` ``(B, N, H, W)`` and float ``weight`` ``(B, H, W)`` from a batch
+    of compact targets (tables zero-padded to the batch's largest); dense targets pass
+    through. The same values as :func:`harmonic_targets`, bit for bit."""
+    if "embedding" in targets:
+        return targets
+    owner, table = targets["owner"].long(), targets["table"]
+    rows = torch.arange(len(owner), device=owner.device)[:, None, None]
+    embedding = table[rows, owner.clamp(min=0)].permute(0, 3, 1, 2).contiguous()
+    return {"embedding": embedding, "weight": targets["weight"].to(torch.float32)}
 
 
 class Harmonic(Method):
@@ -232,10 +263,12 @@ class Harmonic(Method):
         )
 
     def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
-        return harmonic_targets(self._require_guides(), instances, fg)
+        """Compact targets (:func:`harmonic_table`); the loss expands them."""
+        return harmonic_table(self._require_guides(), instances, fg)
 
     def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean L1 over weighted pixels and embedding channels (eq. 5, normalised)."""
+        targets = expand_targets(targets)
         weight = targets["weight"].unsqueeze(1)
         l1 = (output.float() - targets["embedding"]).abs() * weight
         return l1.sum() / (weight.sum() * output.shape[1]).clamp(min=1.0)

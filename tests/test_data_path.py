@@ -14,8 +14,8 @@ import benchbio
 from benchbio.data import Sample
 from benchbio.guides import Guides
 from benchbio.instances import crop_instances, is_stack, owner_map, relabel, to_stack
-from benchbio.methods.harmonic import harmonic_targets
-from benchbio.training import CropDataset, augment
+from benchbio.methods.harmonic import expand_targets, harmonic_targets
+from benchbio.training import CropDataset, augment, collate_crops
 
 
 # ------------------------------------------------------------- reference implementations
@@ -223,20 +223,44 @@ def test_owner_based_targets_equal_the_reference(name):
     assert np.array_equal(owner_map(stack), reference_owner_map(stack))
 
 
-def test_crop_dataset_items_match_the_reference_pipeline():
-    """One CropDataset item = reference augmentation + reference targets."""
+def test_crop_dataset_batches_expand_to_the_reference_targets():
+    """CropDataset items, collated (tables padded) and expanded as the loss does, are the
+    reference augmentation's reference targets, bit for bit, and so is the loss."""
     rng = np.random.default_rng(11)
     samples = [Sample(f"s{i}", rng.random((1, 50, 45)).astype(np.float32),
-                      random_labels(rng, 50, 45, 7, low=2, sparse=True)) for i in range(3)]
+                      random_labels(rng, 50, 45, 3 + 4 * i, low=2, sparse=True))
+               for i in range(3)]
     method = benchbio.create_method("harmonic", n_guides=6)
     method.guides = _guides()
     crops = CropDataset(samples, method, 32, (0.8, 1.25), seed=5, use_fg=False)
     crops.epoch = 3
+    items = [crops[i] for i in range(3)]
+    assert len({item["table"].shape[0] for item in items}) > 1  # ragged: padding needed
+    batch = collate_crops(items)
+    dense = expand_targets({k: v for k, v in batch.items() if k != "image"})
+    want = []
     for index in range(3):
-        item = crops[index]
         image, instances, _ = reference_augment(
             samples[index], 32, (0.8, 1.25), np.random.default_rng([5, 3, index]))
-        want = reference_harmonic_targets(method.guides, instances, None)
-        assert torch.equal(item["image"], torch.from_numpy(image))
-        assert torch.equal(item["embedding"], torch.from_numpy(want["embedding"]))
-        assert torch.equal(item["weight"], torch.from_numpy(want["weight"]))
+        want.append(reference_harmonic_targets(method.guides, instances, None))
+        assert torch.equal(batch["image"][index], torch.from_numpy(image))
+    for key in ("embedding", "weight"):
+        expected = torch.from_numpy(np.stack([w[key] for w in want]))
+        assert dense[key].dtype == expected.dtype and torch.equal(dense[key], expected)
+    output = torch.randn(3, 6, 32, 32)
+    dense_loss = method.loss(output, {k: torch.from_numpy(np.stack([w[k] for w in want]))
+                                      for k in ("embedding", "weight")})
+    assert torch.equal(method.loss(output, dense), dense_loss)
+    assert torch.equal(method.loss(output, {k: v for k, v in batch.items() if k != "image"}),
+                       dense_loss)
+
+
+def test_collate_crops_pads_ragged_targets_with_zeros():
+    items = [{"x": torch.ones(2, 3), "y": torch.tensor(1)},
+             {"x": torch.full((4, 3), 2.0), "y": torch.tensor(2)}]
+    batch = collate_crops(items)
+    assert batch["x"].shape == (2, 4, 3) and batch["x"][0, 2:].abs().sum() == 0
+    assert torch.equal(batch["x"][1], torch.full((4, 3), 2.0))
+    assert batch["y"].tolist() == [1, 2]
+    same = collate_crops([{"x": torch.ones(2)}, {"x": torch.zeros(2)}])["x"]
+    assert same.tolist() == [[1, 1], [0, 0]]
