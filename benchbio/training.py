@@ -152,7 +152,7 @@ def augment(
     rows, cols = np.arange(h), np.arange(w)
     if abs(s - 1) > 1e-3:
         size = (max(1, round(h * s)), max(1, round(w * s)))
-        image = _resize(image, size, "bilinear").astype(np.float32)
+        image = _resize(image, size, "bilinear").astype(np.float32, copy=False)
         rows, cols = _nearest_source(h, size[0]), _nearest_source(w, size[1])
         h, w = size
     ph, pw = max(0, crop - h), max(0, crop - w)

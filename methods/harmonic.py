@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample, cache_dir
@@ -82,29 +83,59 @@ class HarmonicOptions(MethodOptions):
     cluster_kernel: Literal["flat", "gaussian"] = "flat"
 
 
-def guide_maps(guides: Guides, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def guide_maps(
+    guides: Guides, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``guides.maps(height, width)`` as float32 ``(N, H, W)``, and the same values as
-    ``(H * W, N)`` (pixel-major), computed once per guides and size.
+    ``(H * W, N)`` (pixel-major) in float32 and float64, computed once per guides and size.
 
     Targets are built in crop coordinates, so every crop of a run needs the same maps:
     evaluating twelve sines over 448 x 448 pixels for each crop was half the cost of a
-    training sample. The arrays are shared, hence read-only.
+    training sample. The arrays are kept on the guides object (a few sizes at most) and
+    shared, hence read-only.
     """
     key = (np.asarray(guides.params, np.float64).tobytes(), float(guides.ref_height),
            float(guides.ref_width), int(height), int(width))
-    found = _GUIDE_MAPS.get(key)
+    cache = guides.__dict__.setdefault("_maps_cache", {})
+    found = cache.get(key)
     if found is None:
         maps = guides.maps(height, width).astype(np.float32)
         by_pixel = np.ascontiguousarray(maps.reshape(len(maps), -1).T)
-        for arr in (maps, by_pixel):
+        by_pixel64 = by_pixel.astype(np.float64)
+        for arr in (maps, by_pixel, by_pixel64):
             arr.setflags(write=False)
-        if len(_GUIDE_MAPS) >= 4:  # a run uses one crop size; tests use a few
-            _GUIDE_MAPS.pop(next(iter(_GUIDE_MAPS)))
-        found = _GUIDE_MAPS[key] = (maps, by_pixel)
+        if len(cache) >= 4:  # a run uses one crop size; tests use a few
+            cache.pop(next(iter(cache)))
+        found = cache[key] = (maps, by_pixel, by_pixel64)
     return found
 
 
-_GUIDE_MAPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+def _sums_by_label(labels: np.ndarray, counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``(L, N)`` float64 sums of the rows of ``values`` ``(P, N)`` per label 0..L-1.
+
+    One sparse product of a one-hot matrix whose rows list each label's pixels in pixel
+    order: scipy accumulates them one by one in float64, the same sums as one
+    ``bincount(labels, values[:, j])`` per column, bit for bit, four times faster.
+    """
+    small = labels.astype(np.uint16) if len(counts) <= 65536 else labels  # radix sort
+    order = np.argsort(small, kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    onehot = sparse.csr_matrix((np.ones(len(labels)), order, indptr),
+                               shape=(len(counts), len(labels)))
+    return np.asarray(onehot @ values)
+
+
+def _background_mean(background: np.ndarray, by_pixel: np.ndarray) -> np.ndarray:
+    """``by_pixel[background].mean(0)`` (float32, summed row by row in pixel order), as
+    one sparse product; zeros where there is no background."""
+    count = int(background.sum())
+    if count == 0:
+        return np.zeros(by_pixel.shape[1])
+    rows = np.flatnonzero(background)
+    pick = sparse.csr_matrix((np.ones(count, np.float32), rows, [0, count]),
+                             shape=(1, len(background)))
+    total = np.asarray(pick @ by_pixel)[0]
+    return np.true_divide(total, np.intp(count), out=total, casting="unsafe")
 
 
 def harmonic_table(
@@ -120,11 +151,11 @@ def harmonic_table(
 
     With a foreground mask (given at test time by the protocol) only owned foreground
     pixels carry weight. Without one, background is one more object whose target is the
-    guides' mean over it. Overlap pixels carry no weight. Vectorised over instances:
-    one ``bincount`` per guide, whatever the number of objects.
+    guides' mean over it. Overlap pixels carry no weight. Vectorised over instances and
+    guides: one sparse product gives every object's sum of every guide.
     """
     h, w = instances.shape[-2:]
-    maps, by_pixel = guide_maps(guides, h, w)  # (N, H, W) and (H * W, N) float32
+    maps, by_pixel, by_pixel64 = guide_maps(guides, h, w)
     owner = owner_map(instances)
     if is_stack(instances):
         stack = to_stack(instances).astype(np.float32)
@@ -132,14 +163,10 @@ def harmonic_table(
         means = np.einsum("khw,nhw->kn", stack, maps) / np.maximum(area, 1)[:, None]
     else:
         n_obj = int(owner.max(initial=0))
-        flat = owner.ravel()
-        counts = np.bincount(flat, minlength=n_obj + 1).astype(np.float32)
-        sums = np.stack([np.bincount(flat, m.ravel(), minlength=n_obj + 1) for m in maps], 1)
-        means = (sums / np.maximum(counts, 1)[:, None])[1:]
-    background = owner == 0
-    # Pixel-major rows summed in pixel order: the float32 sums of ``maps[:, background]``
-    bg_mean = (np.compress(background.ravel(), by_pixel, axis=0).mean(0) if background.any()
-               else np.zeros(len(maps)))
+        counts = np.bincount(owner.ravel(), minlength=n_obj + 1)
+        sums = _sums_by_label(owner.ravel(), counts, by_pixel64)
+        means = (sums / np.maximum(counts.astype(np.float32), 1)[:, None])[1:]
+    bg_mean = _background_mean(owner.ravel() == 0, by_pixel)
     table = np.vstack([bg_mean[None], means]).astype(np.float32)  # row 0 = background
     if fg is not None:
         weight = (owner > 0) & np.asarray(fg, bool)

@@ -200,6 +200,19 @@ def test_harmonic_targets_equal_the_reference(seed):
             assert got[key].flags.c_contiguous
 
 
+@pytest.mark.parametrize("case", ["empty", "full", "one", "many"])
+def test_harmonic_targets_edge_cases_equal_the_reference(case):
+    rng = np.random.default_rng(5)
+    labels = {"empty": np.zeros((30, 31), int), "full": rng.integers(1, 4, (30, 31)),
+              "one": np.pad(np.ones((10, 10), int), 10),
+              "many": rng.integers(0, 300, (30, 31))}[case]
+    for fg in (None, labels > 0):
+        got = harmonic_targets(_guides(), labels, fg)
+        want = reference_harmonic_targets(_guides(), labels, fg)
+        for key in want:
+            assert np.array_equal(got[key], want[key]), key
+
+
 def test_guide_maps_cache_follows_the_guides():
     g = _guides()
     a = harmonic_targets(g, np.ones((10, 12), int), None)["embedding"]
