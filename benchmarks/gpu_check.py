@@ -231,8 +231,8 @@ def time_steps(method, in_channels: int, batch: dict, device: torch.device, vari
         optimizer_step(loss, opt, scaler)
         sync(device)
         times.append(time.perf_counter() - start)
-    if not math.isfinite(float(loss)):
-        raise CheckFailed(f"{method.name} {variant}: loss {float(loss)}", [])
+    if not math.isfinite(loss.item()):
+        raise CheckFailed(f"{method.name} {variant}: loss {loss.item()}", [])
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     del model, forward, opt, data
     return StepTiming(float(np.median(times[warmup:])), peak, times[0])
