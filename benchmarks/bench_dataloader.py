@@ -119,6 +119,7 @@ class Timed:
         self.crops = CropDataset(samples, self.method, crop, (0.8, 1.25), 0,
                                  dataset.fg_at_test)
         self.rates: list[float] = []
+        self.cpu_rates: list[float] = []  # per CPU-second of this process: load-independent
         self.stages: dict[str, list[float]] = {"item": [], "augment": [], "collate": []}
         self.batch_bytes = 0
 
@@ -135,6 +136,7 @@ class Timed:
             self.crops.epoch = epoch
             t_item = t_col = t_aug = 0.0
             items = []
+            cpu0 = time.process_time()
             for k in range(count):
                 t0 = time.perf_counter()
                 items.append(self.crops[k % len(self.crops)])
@@ -146,6 +148,7 @@ class Timed:
                     self.batch_bytes = sum(v.numel() * v.element_size()
                                            for v in collated.values())
                     items = []
+            cpu = time.process_time() - cpu0
             for k in range(count):  # the augmentation alone, same draws
                 index = k % len(self.crops)
                 rng = np.random.default_rng([self.crops.seed, epoch, index])
@@ -154,6 +157,7 @@ class Timed:
                                  self.crops.scale, rng)
                 t_aug += time.perf_counter() - t0
         self.rates.append(count / (t_item + t_col))
+        self.cpu_rates.append(count / max(cpu, 1e-9))
         for key, value in (("item", t_item), ("augment", t_aug), ("collate", t_col)):
             self.stages[key].append(1000 * value / count)
 
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     for timed in runs:
         timed.round(epoch=10_000, count=min(a.batch, a.samples))  # warm-up: caches, pages
         timed.rates.clear()
+        timed.cpu_rates.clear()
         for stage in timed.stages.values():
             stage.clear()
     for r in range(a.rounds):
@@ -220,8 +225,9 @@ def render(a, argv, dataset, shape, decode_s, runs, load_before, load_after) -> 
         f"- date: {datetime.date.today().isoformat()}; git commit: {commit()}",
         f"- machine: {_machine()}; torch {torch.__version__}, 1 thread, no worker processes",
         f"- load average (1 min) before / after: {load_before:.1f} / {load_after:.1f} on "
-        f"{os.cpu_count()} logical CPUs (above the CPU count the machine was shared: "
-        "absolute rates are low, rates measured side by side in one run compare)",
+        f"{os.cpu_count()} logical CPUs. Samples per CPU-second (this single-threaded "
+        "process's CPU time) is what one worker with a core to itself delivers, whatever "
+        "the load; wall-clock rates fall with the load (rates of one run compare)",
         f"- images: {len(runs[0].crops)} training images of `{dataset}` "
         f"({shape[0]} x {shape[1]} x {shape[2]}), decoded once and kept "
         f"(decoding: {1000 * decode_s:.0f} ms per image, once)",
@@ -230,29 +236,33 @@ def render(a, argv, dataset, shape, decode_s, runs, load_before, load_after) -> 
         f"rounds of {a.samples} samples per method, methods in rotating order",
         f"- command: `{command}`",
         "",
-        f"| method | samples/s per worker (median) | range over rounds | ms per sample: augment | "
+        f"| method | samples per CPU-second (median) | samples/s, wall clock | range over "
+        f"rounds (wall) | ms per sample: augment | "
         f"targets ms (item - augment) | collate ms | batch of {a.batch} (MB) | "
         f">= {a.target:g}/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
     for t in runs:
-        rate = statistics.median(t.rates)
+        rate, cpu_rate = statistics.median(t.rates), statistics.median(t.cpu_rates)
         aug, item = (statistics.median(t.stages[k]) for k in ("augment", "item"))
         lines.append(
-            f"| {t.label} | {rate:.1f} | {min(t.rates):.1f}-{max(t.rates):.1f} | "
+            f"| {t.label} | {cpu_rate:.1f} | {rate:.1f} | {min(t.rates):.1f}-{max(t.rates):.1f} | "
             f"{aug:.1f} | {max(item - aug, 0.0):.1f} | "
             f"{statistics.median(t.stages['collate']):.1f} | {t.batch_bytes / 1e6:.0f} | "
-            f"{'yes' if rate >= a.target else 'no'} |")
-    by_label = {t.label: statistics.median(t.rates) for t in runs}
+            f"{'yes' if cpu_rate >= a.target else 'no'} |")
+    by_label = {t.label: statistics.median(t.cpu_rates) for t in runs}
     pairs = [(t.name, by_label[t.name], by_label[f"{t.name} (before #17)"])
              for t in runs if not t.reference and f"{t.name} (before #17)" in by_label]
     if pairs:
-        lines += ["", "Speed-up of this commit over the pre-issue-17 data path, same rounds: "
+        lines += ["", "Speed-up (samples per CPU-second) of this commit over the pre-issue-17 data "
+                  "path, same rounds: "
                   + ", ".join(f"{n} {new / old:.2f}x" for n, new, old in pairs) + "."]
-    slowest = min(runs, key=lambda t: statistics.median(t.rates) if not t.reference else 1e9)
-    workers = a.target * 16 / max(statistics.median(slowest.rates), 1e-9)
-    lines += ["", f"The slowest method, {slowest.name}, needs about {workers:.0f} such "
-              f"workers for {a.target * 16:g} samples/s (16 workers at {a.target:g}/s)."]
+    slowest = min(runs, key=lambda t: statistics.median(t.cpu_rates) if not t.reference
+                  else 1e9)
+    workers = a.target * 16 / max(statistics.median(slowest.cpu_rates), 1e-9)
+    lines += ["", f"The slowest method, {slowest.name}, needs about {workers:.0f} workers, "
+              f"one core each, for {a.target * 16:g} samples/s (16 workers at "
+              f"{a.target:g}/s); the last column judges samples per CPU-second."]
     return lines
 
 
