@@ -355,7 +355,7 @@ def short_training(ctx) -> list[str]:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         result = train(config, method, ds, Path(tmp), lambda k, v, s: figures.append((k, v, s)))
-        best = torch.load(result.checkpoint, map_location="cpu", weights_only=False)
+        best = torch.load(Path(tmp) / "best.pt", map_location="cpu", weights_only=False)
     seconds = time.perf_counter() - start
     ctx.model_for_inference, ctx.trained_state = (method,), best["model"]
     vals = [(s, v) for k, v, s in figures if k == "val_sbd"]
