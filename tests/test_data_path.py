@@ -277,3 +277,23 @@ def test_collate_crops_pads_ragged_targets_with_zeros():
     assert batch["y"].tolist() == [1, 2]
     same = collate_crops([{"x": torch.ones(2)}, {"x": torch.zeros(2)}])["x"]
     assert same.tolist() == [[1, 1], [0, 0]]
+
+
+@pytest.mark.slow
+def test_bench_dataloader_runs_and_reports_every_asked_method(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_dataloader
+
+    out = tmp_path / "dataloader.md"
+    assert bench_dataloader.main([
+        "--dataset", "synthetic-cells", "--size", "48", "--crop", "32", "--images", "2",
+        "--samples", "2", "--batch", "2", "--rounds", "1", "--reference",
+        "--methods", "harmonic", "embedseg", "--out", str(out)]) == 0
+    text = out.read_text()
+    for row in ("| harmonic |", "| harmonic (before #17) |", "| embedseg |",
+                "| embedseg (before #17) |"):
+        assert row in text
+    assert "Speed-up (samples per CPU-second)" in text
