@@ -28,6 +28,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
+from .acceleration import (
+    AMP_MODES,
+    SWITCH_MODES,
+    Acceleration,
+    forward_loss,
+    optimizer_step,
+    resolve_acceleration,
+)
 from .checkpoint import (
     CHECKPOINT_TAG,
     LAST,
@@ -85,6 +93,9 @@ class RunConfig:
     experiment: str | None = None
     val_every: int = 1
     workers: int = 0
+    amp: str = "auto"  # auto (bf16, else fp16, on a GPU; off on the CPU), off, bf16, fp16
+    channels_last: str = "auto"  # auto (on for a GPU), on, off
+    compile: bool = False  # torch.compile the training forward pass
     method_options: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
 
@@ -190,8 +201,12 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """The crop of ``index`` in epoch :attr:`epoch`, or of ``(epoch, index)``: the
+        form :class:`EpochBatches` gives, which reaches workers that persist across
+        epochs (their copy of :attr:`epoch` is never updated)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng([self.seed, epoch, index])
         sample = self.samples[index]
         if sample.crowd is not None:
             sample = dataclasses.replace(sample, instances=sample.objects(), crowd=None)
@@ -199,6 +214,22 @@ class CropDataset(Dataset):
         targets = self.method.targets(instances, fg if self.use_fg else None)
         return {"image": torch.from_numpy(image), **{k: torch.from_numpy(np.asarray(v))
                                                       for k, v in targets.items()}}
+
+
+class EpochBatches:
+    """The batch sampler of a run's one DataLoader: the batches of the current epoch
+    (set before each epoch), as ``(epoch, index)`` keys of :class:`CropDataset`."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield [(self.epoch, index) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def collate_crops(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -301,6 +332,13 @@ class Trainer:
                                  dataset.fg_at_test)
         self.batch_size = min(config.batch_size, len(self.crops))
         self.steps_per_epoch = len(self.crops) // self.batch_size
+        self.accel = state.accel
+        self.batches = EpochBatches()
+        self.loader = DataLoader(  # one loader: its workers (if any) live for the whole run
+            self.crops, batch_sampler=self.batches, collate_fn=collate_crops,
+            generator=torch.Generator().manual_seed(config.seed),
+            **self.accel.loader_options(config.workers),
+        )
         opts_area = self.method.opts.min_area
         self.min_area = opts_area if opts_area is not None else dataset.min_area
         self.val_metrics = [_metric_of(dataset.val_metric)]
@@ -335,7 +373,7 @@ class Trainer:
         """The batches of the current epoch not run yet; returns the epoch's mean
         ``train_loss`` and the ``lr`` of its last batch. A stop request saves
         ``last.pt`` at the next batch boundary and raises :class:`RunInterrupted`."""
-        state, progress, config = self.state, self.state.progress, self.config
+        state, progress = self.state, self.state.progress
         epoch = progress.epoch
         self.crops.epoch = epoch
         if progress.order is None:
@@ -343,14 +381,10 @@ class Trainer:
                                             generator=state.order_generator).tolist()
         size = self.batch_size
         batches = [progress.order[i * size:(i + 1) * size] for i in range(self.steps_per_epoch)]
-        loader = DataLoader(  # worker seeds from (seed, epoch): the same after a resume
-            self.crops, batch_sampler=batches[progress.batch:], num_workers=config.workers,
-            collate_fn=collate_crops,
-            generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch),
-        )
+        self.batches.epoch, self.batches.batches = epoch, batches[progress.batch:]
         state.model.train()
         batch_lr = state.lr
-        for batch in loader:
+        for batch in self.loader:
             loss = self._step(batch)
             batch_lr = state.lr
             state.scheduler.step()
@@ -364,13 +398,9 @@ class Trainer:
 
     def _step(self, batch: dict[str, torch.Tensor]) -> float:
         """One optimiser step on one batch; returns its loss."""
-        state, device = self.state, self.device
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        image = batch.pop("image")
+        state = self.state
         state.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            output = state.model(image)
-        loss = self.method.loss(output.float(), batch)
+        loss = forward_loss(self.method, state.forward, self.accel.to_device(batch), self.accel)
         if not torch.isfinite(loss):
             raise BenchbioError(
                 f"the loss became {loss.item()} at epoch {state.progress.epoch}, batch "
@@ -378,9 +408,7 @@ class Trainer:
                 f"check the data (the checkpoint of the last complete epoch is kept in "
                 f"{self.checkpoints})"
             )
-        state.scaler.scale(loss).backward()
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
+        optimizer_step(loss, state.optimizer, state.scaler)
         return loss.item()
 
     def validate(self, samples: Sequence[Sample]) -> dict[str, float]:
@@ -467,7 +495,7 @@ def train(
     steps = len(train_samples) // min(config.batch_size, len(train_samples))
     state = TrainState.create(method, dataset.in_channels, device, lr=config.lr,
                               schedule=config.lr_schedule, total_steps=config.epochs * steps,
-                              seed=config.seed, started=start)
+                              seed=config.seed, started=start, accel=acceleration(config))
     trainer = Trainer(config, dataset, state, train_samples, device, checkpoints, log=log,
                       stop=stop)
     if saved is not None:
@@ -524,6 +552,12 @@ def build(config: RunConfig) -> tuple[Method, InstanceDataset]:
     return method, dataset
 
 
+def acceleration(config: RunConfig) -> Acceleration:
+    """The device options of a run (:mod:`benchbio.acceleration`), resolved for its device."""
+    return resolve_acceleration(resolve_device(config.device), config.amp, config.channels_last,
+                                config.compile)
+
+
 def check_options(config: RunConfig) -> None:
     """One-line errors for harness options that cannot work."""
     checks = [
@@ -535,6 +569,11 @@ def check_options(config: RunConfig) -> None:
         (math.isfinite(config.lr) and config.lr > 0, "--lr must be a positive number"),
         (len(config.scale) == 2 and 0 < config.scale[0] <= config.scale[1],
          "scale must be (low, high) with 0 < low <= high"),
+        (config.amp in AMP_MODES,
+         f"unknown --amp {config.amp!r}; use {', '.join(AMP_MODES)}"),
+        (config.channels_last in SWITCH_MODES,
+         f"unknown --channels-last {config.channels_last!r}; use {', '.join(SWITCH_MODES)}"),
+        (isinstance(config.compile, bool), "compile must be true or false"),
     ]
     for ok, message in checks:
         if not ok:
@@ -547,7 +586,7 @@ def preflight(config: RunConfig, dataset: InstanceDataset) -> dict[str, list[Sam
     every sample of every split (readable, paired, same size as its mask, finite pixels,
     the dataset's channel count). Returns the train and val splits, loaded."""
     check_options(config)
-    resolve_device(config.device)
+    acceleration(config)  # e.g. --amp fp16 without a GPU, before any work
     loaded: dict[str, list[Sample]] = {}
     for split in ("train", "val", "test"):
         samples = dataset.split(split)
@@ -585,7 +624,8 @@ def _resolved(config: RunConfig, method: Method, dataset: InstanceDataset) -> di
 #: Options that may differ when a run is resumed: where and how fast it runs, not what
 #: it computes (a CPU run resumed on a GPU is no longer bit-exact, but it is the same
 #: run). The experiment is the run's own whatever ``--experiment`` says.
-RESUME_MAY_CHANGE = ("workers", "device", "data_dir", "experiment")
+RESUME_MAY_CHANGE = ("workers", "device", "data_dir", "experiment", "amp", "channels_last",
+                     "compile")
 
 
 def _check_same_config(run_id: str, saved: dict[str, Any], now: dict[str, Any]) -> None:
@@ -645,7 +685,7 @@ def run(
     """
     method, dataset = build(config)
     check_options(config)
-    resolve_device(config.device)
+    accel = acceleration(config)
     if not track:
         if resume:
             raise BenchbioError("--resume continues a tracked run; drop --no-track")
@@ -684,9 +724,10 @@ def run(
                            "pass a writable --checkpoint-dir")
     check_store_writable(experiment)
     samples = preflight(config, dataset)
+    accel_tags = {f"accel.{key}": value for key, value in accel.params().items()}
     tags = run_tags({"method": config.method, "dataset": config.dataset,
                      "seed": str(config.seed), "device": device_name(config.device)},
-                    tags, prior)
+                    {**(tags or {}), **accel_tags}, prior)
     with contextlib.ExitStack() as stack:
         if folder is not None:  # refuse a run that is alive elsewhere before touching it
             stack.enter_context(run_lock(folder, prior.info.run_id))

@@ -630,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.pack_cvppp:
         return pack_cvppp(*a.pack_cvppp)
-    from benchbio.training import resolve_device
+    from benchbio.runtime import resolve_device
 
     device = resolve_device(a.device)
     start = time.monotonic()
