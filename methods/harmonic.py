@@ -141,13 +141,13 @@ def _background_mean(background: np.ndarray, by_pixel: np.ndarray) -> np.ndarray
 def harmonic_table(
     guides: Guides, instances: np.ndarray, fg: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    """Eq. 1-2 targets of one crop in compact form: ``owner`` ``(H, W)`` int64 (0
+    """Eq. 1-2 targets of one crop in compact form: ``owner`` ``(H, W)`` int32 (0
     background, 1..K objects, -1 overlap), ``table`` ``(K + 1, N)`` float32 (row 0 the
     background's target, row k object k's guided embedding) and ``weight`` ``(H, W)``
     bool. The dense target is ``table[owner]`` (background's row where ``owner`` is -1):
     :func:`expand_targets` builds it on the training device, so the loader ships a
-    table and a label image instead of N float maps (12 x 448 x 448 x 4 bytes = 9.6 MB
-    per crop).
+    table and a label image (1 MB per 448 x 448 crop with the weights) instead of N float
+    maps (12 x 448 x 448 x 4 bytes = 9.6 MB).
 
     With a foreground mask (given at test time by the protocol) only owned foreground
     pixels carry weight. Without one, background is one more object whose target is the
@@ -172,7 +172,7 @@ def harmonic_table(
         weight = (owner > 0) & np.asarray(fg, bool)
     else:
         weight = owner >= 0
-    return {"owner": owner.astype(np.int64, copy=False), "table": table, "weight": weight}
+    return {"owner": owner.astype(np.int32), "table": table, "weight": weight}
 
 
 def harmonic_targets(
