@@ -346,13 +346,18 @@ def short_training(ctx) -> list[str]:
     key = ("harmonic", scale["crop"], batch, scale["width"], scale["kernel_size"],
            "amp + channels-last")
     step_s = ctx.step_times.get(key, 0.5 if not ctx.tiny else 0.2)
-    val_s = 1.0 + len(ds.split("val")) * 0.5  # refined below from the run's own epochs
-    epochs = max(1, int(ctx.train_minutes * 60 / (steps * step_s * 1.2 + val_s)))
+    val_s = 1.0 + len(ds.split("val")) * 0.5  # validation and its mean-shift, roughly
+    # the asked minutes, or what the budget leaves after (c) and (e) (about a minute)
+    seconds = min(ctx.train_minutes * 60, ctx.deadline - time.monotonic() - 90)
+    if seconds < 20 and not ctx.tiny:
+        raise CheckFailed("no time left for the short training", ["Not run: the time "
+                          "budget was spent by (a) and (b); rerun with --skip a,b."])
+    epochs = max(1, int(seconds / (steps * step_s * 1.2 + val_s)))
     config.epochs = epochs
     config.val_every = max(1, epochs // 5)
     figures: list[tuple[str, float, int]] = []
     method = METHODS.create("harmonic", **options)
-    start = time.perf_counter()
+    planned, start = seconds, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         result = train(config, method, ds, Path(tmp), lambda k, v, s: figures.append((k, v, s)))
         best = torch.load(Path(tmp) / "best.pt", map_location="cpu", weights_only=False)
@@ -364,7 +369,7 @@ def short_training(ctx) -> list[str]:
              f"{batch} per epoch, {scale['crop']} x {scale['crop']} crops, width "
              f"{scale['width']}, {scale['kernel_size']} x {scale['kernel_size']} SinConv, lr "
              f"1e-4, device defaults, {ctx.workers} loader workers) for {epochs} epochs, "
-             f"sized to {ctx.train_minutes:g} minutes from step times of (b): "
+             f"sized to {planned / 60:.1f} minutes from step times of (b): "
              f"**{seconds:.0f} s** in all (guide search included), best validation SBD "
              f"**{result.best_val:.3f}** at epoch {result.best_epoch}.", "",
              "| epoch | train loss | validation SBD |", "| ---: | ---: | ---: |"]
