@@ -300,9 +300,10 @@ def loader_feed(ctx) -> list[str]:
     method = METHODS.create("harmonic", **method_options("harmonic", scale, ctx.fit_steps))
     method.fit(ctx.samples, seed=0)
     accel = resolve_acceleration(ctx.device)
-    crops = CropDataset(ctx.samples * max(1, 64 // len(ctx.samples)), method, scale["crop"],
-                        (0.8, 1.25), 0, ctx.dataset.fg_at_test)
     batch = scale["batches"][-1]
+    repeat = max(1, 2 * batch * max(ctx.workers, 1) // len(ctx.samples))  # 2 batches a worker
+    crops = CropDataset(ctx.samples * repeat, method, scale["crop"], (0.8, 1.25), 0,
+                        ctx.dataset.fg_at_test)
     loader = DataLoader(crops, batch_size=batch, shuffle=True, drop_last=True,
                         collate_fn=collate_crops,
                         **accel.loader_options(ctx.workers))
@@ -667,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.dataset_name, ctx.dataset, ctx.samples = training_samples(
         data_dir, tiny, 4 if tiny else 16)
     sections = [
-        ("a", "(a) CUDA tests", lambda: cuda_tests(timeout=150)),
+        ("a", "(a) CUDA tests", lambda: cuda_tests(timeout=240)),
         ("b", "(b) Training throughput at paper scale", lambda: training_throughput(ctx)),
         ("d", "(d) Short harmonic training", lambda: short_training(ctx)),
         ("c", "(c) Inference per megapixel", lambda: inference(ctx)),
