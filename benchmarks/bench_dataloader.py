@@ -79,8 +79,8 @@ def fast_fit_options(method_name: str) -> dict:
 
 @contextlib.contextmanager
 def reference_code():
-    """Within the block, ``relabel``, ``augment`` and harmonic's (dense) targets are the
-    pre-issue-17 versions kept in ``tests/test_data_path.py``."""
+    """Within the block, ``relabel``, ``sequential``, ``augment`` and harmonic's (dense)
+    targets are the pre-issue-17 versions kept in ``tests/test_data_path.py``."""
     sys.path.insert(0, str(REPO / "tests"))
     import test_data_path as ref
 
@@ -92,6 +92,7 @@ def reference_code():
         return ref.reference_harmonic_targets(self._require_guides(), instances_, fg)
 
     swaps = [(instances, "relabel", ref.reference_relabel),
+             (instances, "sequential", ref.reference_sequential),
              (training, "augment", ref.reference_augment),
              (harmonic.Harmonic, "targets", dense_targets)]
     saved = [getattr(module, name) for module, name, _ in swaps]

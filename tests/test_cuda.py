@@ -113,7 +113,7 @@ def test_mean_shift_on_gpu_equals_cpu():
     emb = torch.from_numpy(points[:4096].T.reshape(12, 64, 64).copy())
     a = embeddings_to_labels(emb, 0.5)
     b = embeddings_to_labels(emb.cuda(), 0.5)
-    assert adjusted_rand_score(a.ravel(), b.ravel()) == 1.0
+    assert adjusted_rand_score(a.labels.ravel(), b.labels.ravel()) == 1.0
 
 
 def test_harness_run_on_gpu_with_workers(tmp_path):
