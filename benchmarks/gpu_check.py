@@ -271,6 +271,10 @@ def training_throughput(ctx) -> list[str]:
             chosen = variants + (["amp + channels-last + compile"]
                                  if name == "harmonic" and size == scale["batches"][0] else [])
             for variant in chosen:
+                if ctx.out_of_time(reserve=ctx.reserve_after_b):
+                    lines.append(f"| {name} | {size} | {variant} | not measured: time budget "
+                                 "spent | | | |")
+                    continue
                 try:
                     t = time_steps(method, ctx.dataset.in_channels, batch, device, variant,
                                    ctx.steps, ctx.warmup, ctx.compile_backend)
