@@ -100,7 +100,7 @@ def test_the_command_line_defaults_are_run_config_defaults():
 
     defaults = {p.name: p.default for p in command.params}
     for name in ("epochs", "batch_size", "lr", "lr_schedule", "crop_size", "seed", "device",
-                 "val_every", "workers"):
+                 "val_every", "workers", "amp", "channels_last", "compile"):
         assert defaults[name] == getattr(RunConfig("m", "d"), name), name
     schedule = next(p for p in command.params if p.name == "lr_schedule")
     assert list(schedule.type.choices) == list(LR_SCHEDULES)
@@ -135,6 +135,59 @@ def test_tile_scoring_keeps_every_object_of_a_tile_without_background():
     left = result.per_image["img@0_0"]
     assert left["sbd"] == pytest.approx(0.5) and left["dic"] == -1  # 2 true objects, 1 found
     assert result.per_image["img@0_8"]["sbd"] == 1.0
+
+
+def _figures(config: RunConfig, tmp_path) -> list[tuple[str, float, int]]:
+    from benchbio.registry import DATASETS
+    from benchbio.training import train
+
+    figures = []
+    dataset = DATASETS.create(config.dataset, **config.dataset_options)
+    method = METHODS.create(config.method, **config.method_options)
+    train(config, method, dataset, tmp_path, lambda k, v, s: figures.append((k, v, s)))
+    return figures
+
+
+def test_persistent_workers_see_each_epoch(tmp_path):
+    """Loader workers live for the whole run; each epoch's crops still reach them (keys
+    carry the epoch), so the figures equal those of the main-process loader."""
+    config = dataclasses.replace(tiny_config(), epochs=3, crop_size=24)
+    inline = _figures(config, tmp_path / "a")
+    workers = _figures(dataclasses.replace(config, workers=2), tmp_path / "b")
+
+    def epochs(figures):  # the second run finds the guide search cached
+        return [f for f in figures if not f[0].startswith("guide")]
+
+    assert [k for k, *_ in epochs(inline)].count("train_loss") == 3
+    assert epochs(workers) == epochs(inline)
+
+
+def test_bf16_autocast_and_channels_last_on_cpu_are_logged(tmp_path):
+    result = run(dataclasses.replace(tiny_config(), epochs=1, amp="bf16", channels_last="on"))
+    r = mlflow.get_run(result.run_id)
+    assert r.data.params["amp"] == "bf16" and r.data.params["channels_last"] == "on"
+    assert r.data.params["compile"] == "False"
+    assert r.data.tags["accel.amp_dtype"] == "bfloat16"
+    assert r.data.tags["accel.channels_last"] == "True"
+    assert r.data.tags["accel.pin_memory"] == "False"
+    assert np.isfinite(r.data.metrics["train_loss"])
+
+
+def test_cpu_defaults_log_plain_float32():
+    result = run(dataclasses.replace(tiny_config(), epochs=1))
+    tags = mlflow.get_run(result.run_id).data.tags
+    assert tags["accel.amp_dtype"] == "float32" and tags["accel.channels_last"] == "False"
+    assert tags["accel.grad_scaler"] == "False" and tags["accel.compile"] == "False"
+
+
+def test_fp16_or_a_bad_amp_on_cpu_is_exit_2():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(main, tiny_args() + ["--device", "cpu", "--amp", "fp16"])
+    assert result.exit_code == 2
+    assert "--amp fp16 needs a CUDA device" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, tiny_args() + ["--amp", "half"])
+    assert result.exit_code == 2 and "half" in result.output
 
 
 def test_cuda_asked_without_gpu_is_exit_2():
