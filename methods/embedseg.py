@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from benchbio.cluster import remove_small
 from benchbio.instances import Prediction, label_means, owner_map
-from benchbio.method import Method, MethodOptions
+from benchbio.method import Method, MethodOptions, OverfitCheck
 from benchbio.nets import build_unet
 from benchbio.registry import register_method
 
@@ -61,6 +61,10 @@ class EmbedSegOptions(MethodOptions):
         foreground_weight: weight of the seed regression on instance pixels (10).
         w_inst, w_var, w_seed: weights of the Lovasz, sigma-variance and seed terms.
         seed_thresh: clustering stops when no unclaimed seed is above this (0.9).
+        seed_fallback: None (EmbedSeg), or the seed threshold used instead for an image
+            in which no foreground seed reaches ``seed_thresh`` (Neven et al.'s original
+            clustering stops at 0.5), so a network whose seed map is not yet confident
+            still yields instances.
         fg_thresh: seed score above which a pixel is foreground when no mask is given.
         pixel_scale: pixels per unit of the coordinate grid (EmbedSeg: 1023).
         kernel_size: kernel of the U-Net decoder's first convolutions (as harmonic's: 7).
@@ -72,6 +76,7 @@ class EmbedSegOptions(MethodOptions):
     w_var: float = 10.0
     w_seed: float = 1.0
     seed_thresh: float = 0.9
+    seed_fallback: float | None = None
     fg_thresh: float = 0.5
     pixel_scale: float = 1023.0
     kernel_size: int = 7
@@ -214,6 +219,7 @@ class EmbedSeg(Method):
 
     name = "embedseg"
     Options = EmbedSegOptions
+    overfit = OverfitCheck(options={"width": 16, "kernel_size": 3})
 
     @property
     def out_channels(self) -> int:
@@ -256,7 +262,8 @@ class EmbedSeg(Method):
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
     ) -> Prediction:
-        """Seed clustering within the protocol's fg, else within seed > ``fg_thresh``; an
+        """Seed clustering within the protocol's fg, else within seed > ``fg_thresh``;
+        seeds from ``seed_thresh``, or ``seed_fallback`` where none reaches it; an
         instance's score is the seed map at its seed pixel (EmbedSeg's seed score)."""
         o = self.opts
         h, w = output.shape[-2:]
@@ -265,8 +272,11 @@ class EmbedSeg(Method):
             mask = seed > o.fg_thresh
         else:
             mask = torch.as_tensor(np.asarray(fg, bool).ravel(), device=seed.device)
+        seed_thresh = o.seed_thresh
+        if o.seed_fallback is not None and not bool((seed[mask] >= seed_thresh).any()):
+            seed_thresh = o.seed_fallback
         labels, scores = cluster_seeds(
-            emb, sigma, seed, mask, seed_thresh=o.seed_thresh, min_area=max(min_area, 1)
+            emb, sigma, seed, mask, seed_thresh=seed_thresh, min_area=max(min_area, 1)
         )
         labels = labels.reshape(h, w).cpu().numpy()
         seed_score = np.concatenate([[0.0], scores])[labels]  # per pixel, its seed's score

@@ -1,0 +1,93 @@
+"""The overfit check for every registered method, as a table (results/bench/overfit.md).
+
+Each method is trained on one generated image with the settings it declares
+(``Method.overfit``, see :mod:`benchbio.overfit`) and scored on that image until it
+reaches its threshold (SBD 0.95 on a synthetic-cells clumps image by default; COCO AP
+0.9 on a synthetic-worms image for methods whose output may overlap). The test suite
+runs the methods whose check is ``in_suite``; this script runs them all:
+
+    python benchmarks/overfit.py --out results/bench/overfit.md
+    python benchmarks/overfit.py harmonic embedseg          # a subset, printed only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from benchbio.overfit import OverfitResult, check_of, overfit
+from benchbio.registry import METHODS
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _row(r: OverfitResult) -> str:
+    c = r.check
+    data = c.dataset + "".join(f", {k}={v}" for k, v in c.dataset_options.items())
+    opts = ", ".join(f"{k}={v}" for k, v in c.options.items())
+    curve = " ".join(f"{s}:{v:.2f}" for s, v, _ in r.history)
+    return (f"| `{r.method}` | {data} | {opts}; lr {c.lr:g} | {c.metric} >= {c.threshold:g} "
+            f"| {'**pass**' if r.passed else 'FAIL'} | {r.steps} / {c.steps} | {r.score:.3f} "
+            f"| {r.best:.3f} | {r.seconds:.0f} | {r.train_seconds:.0f} "
+            f"| {'yes' if c.in_suite else 'no'} | {curve} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("methods", nargs="*", help="method names (default: every registered one)")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    names = a.methods or METHODS.names()
+    load_before = os.getloadavg()[0]
+    header = ("| method | image | network; lr | target | result | steps (taken / budget) "
+              "| score | best | seconds (all) | seconds (training) | in test suite "
+              "| score after N steps |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    rows = []
+    print(header, flush=True)
+    for name in names:
+        result = overfit(name, check_of(name), seed=a.seed)
+        rows.append(_row(result))
+        print(rows[-1], flush=True)
+    load_after = os.getloadavg()[0]
+    if a.out is None:
+        return
+    text = "\n".join([
+        "# Overfit check: every method learns one image",
+        "",
+        f"`{' '.join(['python', 'benchmarks/overfit.py', *sys.argv[1:]])}` on "
+        f"{platform.machine()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch "
+        f"thread(s), commit {_commit()}, {datetime.date.today()}; load average (1 min) "
+        f"{load_before:.1f} before, {load_after:.1f} after (above the CPU count the machine was "
+        "shared and the seconds are inflated; steps and scores do not depend on load).",
+        "",
+        "Each method trains its own network (the options shown) on one whole generated "
+        "image with Adam, batch 1, no augmentation, and is scored on that same image every "
+        "`eval_every` steps until it reaches its target (`Method.overfit`, "
+        "`benchbio/overfit.py`). seconds (all) include the method's fit (e.g. the guide "
+        "search) and the evaluations.",
+        "",
+        header,
+        *rows,
+        "",
+    ])
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(text)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
