@@ -56,23 +56,29 @@ def main() -> None:
     header = ("| method | image | network; lr | target | result | steps (taken / budget) "
               "| score | best | seconds (all) | seconds (training) | in test suite "
               "| score after N steps |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|")
-    rows = []
+    rows: list[str] = []
     print(header, flush=True)
     for name in names:
         result = overfit(name, check_of(name), seed=a.seed)
         rows.append(_row(result))
         print(rows[-1], flush=True)
-    load_after = os.getloadavg()[0]
-    if a.out is None:
-        return
+        if a.out is not None:  # after every method, so a long run keeps what it measured
+            _write(a.out, header, rows, load_before, len(rows) < len(names))
+    if a.out is not None:
+        print(f"wrote {a.out}")
+
+
+def _write(path: Path, header: str, rows: list[str], load_before: float,
+           partial: bool) -> None:
     text = "\n".join([
         "# Overfit check: every method learns one image",
         "",
         f"`{' '.join(['python', 'benchmarks/overfit.py', *sys.argv[1:]])}` on "
         f"{platform.machine()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch "
         f"thread(s), commit {_commit()}, {datetime.date.today()}; load average (1 min) "
-        f"{load_before:.1f} before, {load_after:.1f} after (above the CPU count the machine was "
-        "shared and the seconds are inflated; steps and scores do not depend on load).",
+        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (above the CPU "
+        "count the machine was shared and the seconds are inflated; steps and scores do not "
+        "depend on load)." + (" **Partial: the run was still going.**" if partial else ""),
         "",
         "Each method trains its own network (the options shown) on one whole generated "
         "image with Adam, batch 1, no augmentation, and is scored on that same image every "
@@ -84,9 +90,8 @@ def main() -> None:
         *rows,
         "",
     ])
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
-    print(f"wrote {a.out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 if __name__ == "__main__":
