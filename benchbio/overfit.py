@@ -4,7 +4,7 @@ Every method declares how it is checked (:class:`benchbio.method.OverfitCheck`, 
 attribute ``overfit``): a tiny network, a learning rate, a step budget, one generated
 image and a score to reach on it. :func:`overfit` trains the method's own network on that
 image with the method's own hooks (``fit``, ``build_model``, ``targets``, ``loss``) and
-scores it with the harness's prediction and evaluation path (``training.predict``,
+scores it with the harness's prediction and evaluation path (``training.predict_samples``,
 ``training.evaluate_samples``), so a method whose targets, loss or post-processing cannot
 express the truth fails here, in seconds to minutes, before anyone spends GPU hours on
 it. ``tests/test_overfit.py`` runs it for every registered method (those whose check is
@@ -91,7 +91,7 @@ def overfit(name: str, check: OverfitCheck | None = None, *, seed: int = 0,
     history: list[tuple[int, float, float]] = []
     train_seconds = 0.0
     score, best, step = float("nan"), -float("inf"), 0
-    from .training import evaluate_samples, predict
+    from .training import evaluate_samples, predict_samples
 
     while step < budget:
         tick = time.perf_counter()
@@ -103,8 +103,9 @@ def overfit(name: str, check: OverfitCheck | None = None, *, seed: int = 0,
             optimizer.step()
             step += 1
         train_seconds += time.perf_counter() - tick
-        pred = predict(method, model, sample.image, device, fg, min_area)
-        scored = evaluate_samples([pred], [sample], [_metric_plugin(check.metric)])
+        preds = predict_samples(method, model, [sample], device,
+                                fg_at_test=dataset.fg_at_test, min_area=min_area)
+        scored = evaluate_samples(preds, [sample], [_metric_plugin(check.metric)])
         score = float(scored.mean[check.metric])
         best = max(best, score)
         history.append((step, score, time.perf_counter() - start))
