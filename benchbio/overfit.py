@@ -14,6 +14,7 @@ it. ``tests/test_overfit.py`` runs it for every registered method (those whose c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,10 +64,12 @@ def methods_to_check(in_suite: bool | None = None) -> list[str]:
 
 
 def overfit(name: str, check: OverfitCheck | None = None, *, seed: int = 0,
-            steps: int | None = None) -> OverfitResult:
+            steps: int | None = None,
+            on_eval: Callable[[int, float, float], None] | None = None) -> OverfitResult:
     """Train method ``name`` on one image and score it there until it passes.
 
-    ``check`` defaults to the method's own declaration; ``steps`` overrides its budget.
+    ``check`` defaults to the method's own declaration; ``steps`` overrides its budget;
+    ``on_eval(step, score, seconds)`` is called after every evaluation.
     Training uses the whole image (no crop, no augmentation), batch 1, Adam; the image
     is image 0 of the check's dataset's train split.
     """
@@ -109,6 +112,8 @@ def overfit(name: str, check: OverfitCheck | None = None, *, seed: int = 0,
         score = float(scored.mean[check.metric])
         best = max(best, score)
         history.append((step, score, time.perf_counter() - start))
+        if on_eval is not None:
+            on_eval(*history[-1])
         if score >= check.threshold:
             break
     return OverfitResult(name, check, score >= check.threshold, step, score, best,

@@ -59,7 +59,9 @@ def main() -> None:
     rows: list[str] = []
     print(header, flush=True)
     for name in names:
-        result = overfit(name, check_of(name), seed=a.seed)
+        result = overfit(name, check_of(name), seed=a.seed, on_eval=lambda step, score, t,
+                         n=name: print(f"  {n}: step {step} score {score:.3f} ({t:.0f} s)",
+                                       file=sys.stderr, flush=True))
         rows.append(_row(result))
         print(rows[-1], flush=True)
         if a.out is not None:  # after every method, so a long run keeps what it measured
