@@ -92,9 +92,10 @@ def test_embedseg_seed_fallback_finds_instances_an_unconfident_seed_map_hides():
     labels = sparse_labels()
     out = ideal_output(labels)
     out[4] = torch.from_numpy(np.where(labels > 0, 1.0, -3.0).astype(np.float32))  # seed .73
-    assert create_method("embedseg").postprocess(out, None, 1).max() == 0
+    assert create_method("embedseg").postprocess(out, None, 1).labels.max() == 0
     pred = create_method("embedseg", seed_fallback=0.5).postprocess(out, None, 1)
-    assert evaluate([pred], [labels], metrics=["sbd"]).mean["sbd"] > 0.95
+    assert evaluate([pred.labels], [labels], metrics=["sbd"]).mean["sbd"] > 0.95
     confident = ideal_output(labels)  # seeds reach 0.9: the fallback changes nothing
     assert np.array_equal(create_method("embedseg", seed_fallback=0.5).postprocess(
-        confident, None, 1), create_method("embedseg").postprocess(confident, None, 1))
+        confident, None, 1).labels, create_method("embedseg").postprocess(confident, None, 1)
+        .labels)
