@@ -28,7 +28,7 @@ from .instances import Prediction
 from .options import coerce_options, parse_value
 from .registry import register_method
 
-__all__ = ["MethodOptions", "Method", "OverfitCheck", "OVERLAPS_CHECK", "register_variant",
+__all__ = ["MethodOptions", "Method", "OverfitCheck", "register_variant",
            "parse_option_value", "LogFn"]
 
 #: The one command-line value parser (:func:`benchbio.options.parse_value`), kept here
@@ -63,30 +63,25 @@ class OverfitCheck:
     """How a method shows that it learns: trained on one image, scored on that image.
 
     :func:`benchbio.overfit.overfit` trains the method's own network (built with
-    ``options``) on image 0 of the ``dataset``'s train split with Adam at ``lr`` for up
-    to ``steps`` full-image steps, scores that image with ``metric`` every
-    ``eval_every`` steps and passes once the score reaches ``threshold``. ``in_suite``:
-    False leaves the method to ``benchmarks/overfit.py`` only (the test suite's time
-    budget); :func:`register_variant` sets it for variants, whose hooks their base's
-    check covers. The defaults suit most methods on a CPU; a method sets its own as the
-    class attribute ``overfit = OverfitCheck(...)``.
+    ``options``) on image 0 of the ``dataset``'s train split (with ``dataset_options``)
+    with Adam at ``lr`` for up to ``steps`` full-image steps, scores that image with the
+    result key ``metric`` every ``eval_every`` steps and passes once the score reaches
+    ``threshold``. ``in_suite``: False leaves the method to ``benchmarks/overfit.py``
+    only (the test suite's time budget); :func:`register_variant` sets it for variants,
+    whose hooks their base's check covers. The standard checks, which name dataset
+    plugins, are plugin-side: ``benchbio.datasets.synthetic.OVERFIT_CHECK`` (what a
+    method that declares none gets) and ``OVERLAPS_CHECK``.
     """
 
+    dataset: str
+    metric: str
+    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"width": 16})
     lr: float = 3e-3
     steps: int = 600
     eval_every: int = 50
-    dataset: str = "synthetic-cells"
-    dataset_options: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"tissue": 0.3})
-    metric: str = "sbd"
     threshold: float = 0.95
     in_suite: bool = True
-
-
-#: The check for methods whose output may overlap: one synthetic-worms image, COCO AP.
-OVERLAPS_CHECK = OverfitCheck(dataset="synthetic-worms", dataset_options={}, metric="ap",
-                              threshold=0.9)
 
 
 class Method:
@@ -94,8 +89,9 @@ class Method:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
-    #: How ``tests/test_overfit.py`` and ``benchmarks/overfit.py`` check that it learns.
-    overfit: ClassVar[OverfitCheck] = OverfitCheck()
+    #: How ``tests/test_overfit.py`` and ``benchmarks/overfit.py`` check that it learns;
+    #: None: the standard check (``benchbio.datasets.synthetic.OVERFIT_CHECK``).
+    overfit: ClassVar[OverfitCheck | None] = None
 
     def __init__(self, **options: Any) -> None:
         self.opts = coerce_options(self.Options, options, f"method {self.name!r}")
@@ -173,7 +169,7 @@ def register_variant(
     """
     # The variant's hooks are its base's, which the base's overfit check runs in the test
     # suite; the variant itself is checked by benchmarks/overfit.py.
-    check = dataclasses.replace(base.overfit, in_suite=False)
+    check = dataclasses.replace(base.overfit, in_suite=False) if base.overfit else None
     cls = type(f"{base.__name__}Variant", (base,),
                {"name": name, "__doc__": description, "__module__": base.__module__,
                 "overfit": check})

@@ -52,28 +52,29 @@ class OverfitResult:
     history: list[tuple[int, float, float]] = field(default_factory=list)
 
 
-def check_of(name: str) -> OverfitCheck:
-    """The overfit settings a registered method declares."""
-    return type(METHODS.create(name)).overfit
+def check_of(name: str, default: OverfitCheck) -> OverfitCheck:
+    """The overfit settings a registered method declares, else ``default`` (the
+    standard check, ``benchbio.datasets.synthetic.OVERFIT_CHECK``, in the suite)."""
+    return type(METHODS.create(name)).overfit or default
 
 
-def methods_to_check(in_suite: bool | None = None) -> list[str]:
-    """Registered method names, optionally only those whose check is (or is not) in the
-    test suite: a method registered later is picked up without naming it anywhere."""
-    return [n for n in METHODS.names() if in_suite is None or check_of(n).in_suite == in_suite]
+def methods_to_check(default: OverfitCheck, in_suite: bool | None = None) -> list[str]:
+    """Registered method names, optionally only those whose check (their own, else
+    ``default``) is (or is not) in the test suite: a method registered later is picked
+    up without naming it anywhere."""
+    return [n for n in METHODS.names()
+            if in_suite is None or check_of(n, default).in_suite == in_suite]
 
 
-def overfit(name: str, check: OverfitCheck | None = None, *, seed: int = 0,
-            steps: int | None = None,
+def overfit(name: str, check: OverfitCheck, *, seed: int = 0, steps: int | None = None,
             on_eval: Callable[[int, float, float], None] | None = None) -> OverfitResult:
     """Train method ``name`` on one image and score it there until it passes.
 
-    ``check`` defaults to the method's own declaration; ``steps`` overrides its budget;
+    ``check``: the settings (usually :func:`check_of`); ``steps`` overrides its budget;
     ``on_eval(step, score, seconds)`` is called after every evaluation.
     Training uses the whole image (no crop, no augmentation), batch 1, Adam; the image
     is image 0 of the check's dataset's train split.
     """
-    check = check or check_of(name)
     budget = int(steps if steps is not None else check.steps)
     start = time.perf_counter()
     torch.manual_seed(seed)

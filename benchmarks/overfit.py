@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchbio.datasets.synthetic import OVERFIT_CHECK
 from benchbio.overfit import OverfitResult, check_of, overfit
 from benchbio.registry import METHODS
 
@@ -59,9 +60,11 @@ def main() -> None:
     rows: list[str] = []
     print(header, flush=True)
     for name in names:
-        result = overfit(name, check_of(name), seed=a.seed, on_eval=lambda step, score, t,
-                         n=name: print(f"  {n}: step {step} score {score:.3f} ({t:.0f} s)",
-                                       file=sys.stderr, flush=True))
+        def report(step: int, score: float, seconds: float, n: str = name) -> None:
+            print(f"  {n}: step {step} score {score:.3f} ({seconds:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+        result = overfit(name, check_of(name, OVERFIT_CHECK), seed=a.seed, on_eval=report)
         rows.append(_row(result))
         print(rows[-1], flush=True)
         if a.out is not None:  # after every method, so a long run keeps what it measured

@@ -22,6 +22,7 @@ from skimage.segmentation import find_boundaries
 
 from benchbio.data import InstanceDataset, LazySamples, Sample
 from benchbio.errors import BenchbioError
+from benchbio.method import OverfitCheck
 from benchbio.registry import register_dataset
 
 __all__ = [
@@ -32,9 +33,18 @@ __all__ = [
     "make_worms",
     "synthetic_cells",
     "synthetic_worms",
+    "OVERFIT_CHECK",
+    "OVERLAPS_CHECK",
 ]
 
 _SPLIT_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}
+
+#: The standard overfit check (:mod:`benchbio.overfit`): one clumps image of about 21
+#: touching cells, SBD >= 0.95; what a method that declares no check of its own gets.
+OVERFIT_CHECK = OverfitCheck(dataset="synthetic-cells", dataset_options={"tissue": 0.3},
+                             metric="sbd", threshold=0.95)
+#: For methods whose output may overlap: one synthetic-worms image, COCO AP >= 0.9.
+OVERLAPS_CHECK = OverfitCheck(dataset="synthetic-worms", metric="ap", threshold=0.9)
 
 
 def make_cells(

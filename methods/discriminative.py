@@ -20,7 +20,7 @@ one more cluster in the loss and the largest cluster is taken as background at t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,10 +29,11 @@ import torch
 
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample
+from benchbio.datasets.synthetic import OVERFIT_CHECK
 from benchbio.foreground import foreground_loss, foreground_target, predicted_foreground
 from benchbio.guides import GuideMaps
 from benchbio.instances import Prediction, owner_map
-from benchbio.method import LogFn, Method, MethodOptions, OverfitCheck, register_variant
+from benchbio.method import LogFn, Method, MethodOptions, register_variant
 from benchbio.methods.harmonic import Harmonic
 from benchbio.nets import build_unet
 from benchbio.registry import register_method
@@ -162,7 +163,7 @@ class Discriminative(Method):
 
     name = "discriminative"
     Options = DiscriminativeOptions
-    overfit = OverfitCheck(options={"width": 16, "kernel_size": 3})
+    overfit = replace(OVERFIT_CHECK, options={"width": 16, "kernel_size": 3})
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

@@ -8,19 +8,22 @@ not ``in_suite`` (variants that share a suite method's code path) run in
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from benchbio.datasets.synthetic import OVERFIT_CHECK
 from benchbio.evaluation import metric_producing
 from benchbio.method import Method, OverfitCheck
 from benchbio.overfit import check_of, methods_to_check, overfit
 from benchbio.registry import DATASETS, METHODS, Entry
 
 
-@pytest.mark.parametrize("name", methods_to_check())
+@pytest.mark.parametrize("name", methods_to_check(OVERFIT_CHECK))
 def test_every_method_declares_a_check_that_can_run(name):
-    check = check_of(name)
+    check = check_of(name, OVERFIT_CHECK)
     assert isinstance(check, OverfitCheck)
     assert check.dataset in DATASETS
     assert metric_producing(check.metric) is not None
@@ -29,9 +32,9 @@ def test_every_method_declares_a_check_that_can_run(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", methods_to_check(in_suite=True))
+@pytest.mark.parametrize("name", methods_to_check(OVERFIT_CHECK, in_suite=True))
 def test_method_overfits_one_image(name):
-    result = overfit(name)
+    result = overfit(name, check_of(name, OVERFIT_CHECK))
     curve = ", ".join(f"{step}: {score:.3f}" for step, score, _ in result.history)
     assert result.passed, (
         f"{name} reached {result.check.metric} {result.best:.3f} < {result.check.threshold} "
@@ -42,7 +45,7 @@ class _Blind(Method):
     """A method whose network cannot see its targets: it must fail the check."""
 
     name = "blind-test-method"
-    overfit = OverfitCheck(steps=4, eval_every=2)
+    overfit = replace(OVERFIT_CHECK, steps=4, eval_every=2)
 
     def build_model(self, in_channels):
         model = torch.nn.Conv2d(in_channels, 1, 1)
@@ -66,8 +69,18 @@ def blind_method(monkeypatch):
 
 
 def test_a_new_method_is_checked_and_a_method_that_cannot_learn_fails(blind_method):
-    assert blind_method in methods_to_check(in_suite=True)
-    result = overfit(blind_method)
+    assert blind_method in methods_to_check(OVERFIT_CHECK, in_suite=True)
+    result = overfit(blind_method, check_of(blind_method, OVERFIT_CHECK))
     assert not result.passed
     assert result.steps == 4 and [h[0] for h in result.history] == [2, 4]
     assert result.score == 0.0 and result.seconds >= result.train_seconds > 0
+
+
+def test_a_method_without_its_own_check_gets_the_standard_one(monkeypatch):
+    class Plain(_Blind):
+        name = "plain-test-method"
+        overfit = None
+
+    monkeypatch.setitem(METHODS._entries, Plain.name, Entry(Plain.name, Plain, "plain"))
+    assert check_of(Plain.name, OVERFIT_CHECK) is OVERFIT_CHECK
+    assert Plain.name in methods_to_check(OVERFIT_CHECK, in_suite=True)
