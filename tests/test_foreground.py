@@ -13,6 +13,7 @@ from benchbio.errors import BenchbioError
 from benchbio.evaluation import evaluate
 from benchbio.foreground import foreground_loss, foreground_target, predicted_foreground
 from benchbio.guides import Guides
+from benchbio.methods.harmonic import expand_targets
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -54,9 +55,11 @@ def test_harmonic_head_adds_a_channel_trains_foreground_only_and_clusters_inside
     method = _harmonic(background="head")
     model = method.build_model(1)
     assert model(torch.zeros(1, 1, 32, 32)).shape[1] == 13
-    t = method.targets(labels, None)
+    compact = method.targets(labels, None)
+    assert np.array_equal(compact["foreground"], labels > 0)
+    t = {k: v[0].numpy() for k, v in expand_targets(
+        {k: torch.from_numpy(np.asarray(v))[None] for k, v in compact.items()}).items()}
     assert np.array_equal(t["weight"] > 0, labels > 0)  # background carries no embedding
-    assert np.array_equal(t["foreground"], labels > 0)
     # the ideal output: instance means inside, anything outside, the head's logit right
     out = np.concatenate([t["embedding"], np.where(labels > 0, 9.0, -9.0)[None]]).astype(
         np.float32)
