@@ -28,7 +28,8 @@ from .instances import Prediction
 from .options import coerce_options, parse_value
 from .registry import register_method
 
-__all__ = ["MethodOptions", "Method", "register_variant", "parse_option_value", "LogFn"]
+__all__ = ["MethodOptions", "Method", "OverfitCheck", "register_variant",
+           "parse_option_value", "LogFn"]
 
 #: The one command-line value parser (:func:`benchbio.options.parse_value`), kept here
 #: under its old name.
@@ -57,11 +58,40 @@ class MethodOptions:
     min_area: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class OverfitCheck:
+    """How a method shows that it learns: trained on one image, scored on that image.
+
+    :func:`benchbio.overfit.overfit` trains the method's own network (built with
+    ``options``) on image 0 of the ``dataset``'s train split (with ``dataset_options``)
+    with Adam at ``lr`` for up to ``steps`` full-image steps, scores that image with the
+    result key ``metric`` every ``eval_every`` steps and passes once the score reaches
+    ``threshold``. ``in_suite``: False leaves the method to ``benchmarks/overfit.py``
+    only (the test suite's time budget); :func:`register_variant` sets it for variants,
+    whose hooks their base's check covers. The standard checks, which name dataset
+    plugins, are plugin-side: ``benchbio.datasets.synthetic.OVERFIT_CHECK`` (what a
+    method that declares none gets) and ``OVERLAPS_CHECK``.
+    """
+
+    dataset: str
+    metric: str
+    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"width": 16})
+    lr: float = 3e-3
+    steps: int = 600
+    eval_every: int = 50
+    threshold: float = 0.95
+    in_suite: bool = True
+
+
 class Method:
     """Base class of method plugins; subclasses implement the hooks below."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: How ``tests/test_overfit.py`` and ``benchmarks/overfit.py`` check that it learns;
+    #: None: the standard check (``benchbio.datasets.synthetic.OVERFIT_CHECK``).
+    overfit: ClassVar[OverfitCheck | None] = None
 
     def __init__(self, **options: Any) -> None:
         self.opts = coerce_options(self.Options, options, f"method {self.name!r}")
@@ -137,8 +167,12 @@ def register_variant(
     command line still win, and the variant is ``base`` in everything (hooks, options
     dataclass, checks) but its name and those defaults. Returns the factory.
     """
+    # The variant's hooks are its base's, which the base's overfit check runs in the test
+    # suite; the variant itself is checked by benchmarks/overfit.py.
+    check = dataclasses.replace(base.overfit, in_suite=False) if base.overfit else None
     cls = type(f"{base.__name__}Variant", (base,),
-               {"name": name, "__doc__": description, "__module__": base.__module__})
+               {"name": name, "__doc__": description, "__module__": base.__module__,
+                "overfit": check})
 
     def factory(**options: Any) -> Method:
         return cls(**dict(overrides, **options))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,18 @@ from .errors import BenchbioError
 from .sweep import Reference
 
 __all__ = ["Row", "StudyTable", "build_table", "metric_direction", "to_markdown", "to_csv",
-           "to_latex", "save_figure", "write_report", "OUTPUT_FILES"]
+           "to_latex", "save_figure", "save_curves", "curves_csv", "write_report",
+           "OUTPUT_FILES", "CURVE_FILES", "SECONDS_KEY"]
 
 OUTPUT_FILES = ("table.md", "table.csv", "table.tex", "figure.png")
+#: Written too when the runs logged :data:`SECONDS_KEY`: validation score against time.
+CURVE_FILES = ("curves.png", "curves.csv")
+#: Logged by the training loop at every validation (same step as ``val_*``): seconds
+#: since the run's training began (guide search and validations included).
+SECONDS_KEY = "val_seconds"
+
+#: ``history(run_id, key)`` -> ``[(step, value), ...]`` (MLflow's metric history).
+History = Callable[[str, str], Sequence[tuple[int, float]]]
 
 
 def metric_direction(key: str) -> str:
@@ -49,6 +58,7 @@ class Row:
     values: dict[str, list[float]] = field(default_factory=dict)
     seeds: list[str] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    curves: list[list[tuple[float, float]]] = field(default_factory=list)  # (seconds, val)
     reference: dict[str, float] = field(default_factory=dict)
     reference_label: str = ""
     best: set[str] = field(default_factory=set)
@@ -90,6 +100,11 @@ class StudyTable:
     source: str = ""
     description: str = ""
     reproduce: str = ""
+    curve_metric: str = ""  # the validation key of the rows' curves ("" when none)
+
+    @property
+    def has_curves(self) -> bool:
+        return any(r.curves for rows in self.rows.values() for r in rows)
 
     def has_reference(self, dataset: str, key: str) -> bool:
         return any(key in r.reference for r in self.rows[dataset])
@@ -113,11 +128,14 @@ def build_table(
     references: Sequence[Reference] = (), reference_source: str = "",
     methods: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
     missing: Sequence[str] = (), source: str = "", description: str = "", reproduce: str = "",
+    history: History | None = None,
 ) -> StudyTable:
     """Group finished MLflow runs by (dataset, method) into rows with reference figures.
 
     ``methods``/``datasets`` fix the row/section order (a study's); otherwise sorted.
     ``metrics`` are the columns (keys without ``test_``); by default every test metric.
+    With ``history``, each row also gets its runs' validation curves: the first of
+    ``metrics`` logged as ``val_<key>`` against :data:`SECONDS_KEY` at each validation.
     """
     runs = [r for r in runs if r.info.status == "FINISHED"]
     keys = list(metrics or sorted({k[5:] for r in runs for k in r.data.metrics
@@ -136,6 +154,13 @@ def build_table(
                 row.values.setdefault(key, []).append(float(run.data.metrics[f"test_{key}"]))
         if "run_seconds" in run.data.metrics:
             row.seconds.append(float(run.data.metrics["run_seconds"]))
+    curve_metric = _curve_metric(runs, keys) if history is not None else ""
+    if curve_metric:
+        for run in runs:
+            tags = run.data.tags
+            curve = _curve(run.info.run_id, f"val_{curve_metric}", history)
+            if curve:
+                by_key[(tags.get("dataset", "?"), tags.get("method", "?"))].curves.append(curve)
     order_m = list(methods or sorted({m for _, m in by_key}))
     order_d = list(datasets or sorted({d for d, _ in by_key} | {r.dataset for r in references}))
     for dataset in datasets or ():
@@ -160,8 +185,25 @@ def build_table(
         commits=sorted({r.data.tags.get("git_commit", "unknown") for r in runs}),
         devices=sorted({r.data.tags.get("device", "unknown") for r in runs}),
         n_runs=len(runs), missing=list(missing), source=source, description=description,
-        reproduce=reproduce,
+        reproduce=reproduce, curve_metric=curve_metric,
     )
+
+
+def _curve_metric(runs: Sequence[Any], keys: Sequence[str]) -> str:
+    """The first column key some run logged both as ``val_<key>`` and with seconds."""
+    timed = [r for r in runs if SECONDS_KEY in r.data.metrics]
+    for key in keys:
+        if any(f"val_{key}" in r.data.metrics for r in timed):
+            return key
+    return ""
+
+
+def _curve(run_id: str, key: str, history: History) -> list[tuple[float, float]]:
+    """``(seconds, value)`` at every step where the run logged both, by time."""
+    seconds = dict(history(run_id, SECONDS_KEY))
+    values = dict(history(run_id, key))
+    return sorted((float(seconds[step]), float(v)) for step, v in values.items()
+                  if step in seconds)
 
 
 # ---------------------------------------------------------------------------- text
@@ -197,6 +239,10 @@ def _provenance(table: StudyTable) -> list[str]:
     if table.missing:
         lines.append(f"No finished run yet for {len(table.missing)} cell(s): "
                      f"{'; '.join(table.missing)}.")
+    if table.has_curves:
+        lines.append(f"curves.png: validation {table.curve_metric} against wall-clock minutes "
+                     "since each run's training began (one line per run); curves.csv: the "
+                     "same points.")
     if table.reproduce:
         lines.append(f"Reproduce: `{table.reproduce}`.")
     return lines
@@ -346,10 +392,58 @@ def save_figure(table: StudyTable, path: Path) -> None:
     plt.close(fig)
 
 
+def curves_csv(table: StudyTable) -> str:
+    """One line per validation: dataset, method, run index, seconds, value."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dataset", "method", "run", "seconds", f"val_{table.curve_metric}"])
+    for dataset, rows in table.rows.items():
+        for r in rows:
+            for k, curve in enumerate(r.curves):
+                for seconds, value in curve:
+                    writer.writerow([dataset, r.method, k, f"{seconds:.1f}", f"{value:.6g}"])
+    return buf.getvalue()
+
+
+def save_curves(table: StudyTable, path: Path) -> None:
+    """Validation score against wall-clock minutes: one panel per dataset, one colour per
+    method, one line per run (seed), a marker at each validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d, rows in table.rows.items() if any(r.curves for r in rows)]
+    if not datasets:
+        raise BenchbioError("no validation curves to draw: no run logged "
+                            f"{SECONDS_KEY} beside a validation metric")
+    fig, axes = plt.subplots(1, len(datasets), squeeze=False,
+                             figsize=(6.5 * len(datasets), 4.2))
+    colors = plt.get_cmap("tab10").colors
+    for ax, dataset in zip(axes.flat, datasets):
+        for k, r in enumerate(r for r in table.rows[dataset] if r.curves):
+            for j, curve in enumerate(r.curves):
+                minutes = [s / 60 for s, _ in curve]
+                ax.plot(minutes, [v for _, v in curve], marker="o", ms=3, lw=1.2,
+                        color=colors[k % len(colors)], label=r.method if j == 0 else None)
+        ax.set_xlabel("wall-clock minutes since training began")
+        ax.set_ylabel(f"validation {table.curve_metric} {_arrow(table.curve_metric)}")
+        ax.set_title(dataset, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{table.title}: validation {table.curve_metric} against time", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(table: StudyTable, out_dir: Path, overwrite: bool = False) -> list[Path]:
-    """Write table.md, table.csv, table.tex and figure.png into ``out_dir`` (all or none:
-    the texts are rendered and the figure drawn before an existing report is replaced)."""
-    paths = [out_dir / name for name in OUTPUT_FILES]
+    """Write table.md, table.csv, table.tex and figure.png into ``out_dir``, and
+    curves.png and curves.csv when the runs have validation curves (all or none: the
+    texts are rendered and the figures drawn before an existing report is replaced)."""
+    names = OUTPUT_FILES + (CURVE_FILES if table.has_curves else ())
+    paths = [out_dir / name for name in names]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         raise BenchbioError(f"{existing[0]} exists; pass --overwrite to replace the report "
@@ -358,7 +452,13 @@ def write_report(table: StudyTable, out_dir: Path, overwrite: bool = False) -> l
     out_dir.mkdir(parents=True, exist_ok=True)
     figure_tmp = out_dir / ".figure.tmp.png"
     save_figure(table, figure_tmp)
+    curves_tmp = out_dir / ".curves.tmp.png"
+    if table.has_curves:
+        save_curves(table, curves_tmp)
     for path, text in zip(paths, texts):
         path.write_text(text)
     figure_tmp.replace(paths[3])
+    if table.has_curves:
+        curves_tmp.replace(out_dir / CURVE_FILES[0])
+        (out_dir / CURVE_FILES[1]).write_text(curves_csv(table))
     return paths

@@ -68,6 +68,7 @@ __all__ = [
     "predict_samples",
     "evaluate_samples",
     "Trainer",
+    "VAL_SECONDS",
     "train",
     "preflight",
     "resume_config",
@@ -312,6 +313,12 @@ def _best_name(epoch: int) -> str:
     return f"best-epoch{epoch:04d}.pt"
 
 
+#: Logged with every validation: seconds since the run's training began (the method's
+#: fit, e.g. the guide search, and earlier validations included; summed over resumed
+#: attempts). ``benchbio report`` draws validation scores against it.
+VAL_SECONDS = "val_seconds"
+
+
 class Trainer:
     """What the steps of one run's training share: its :class:`~benchbio.state.TrainState`,
     the training crops, the device, the checkpoint folder, the figure logger and the stop
@@ -413,10 +420,12 @@ class Trainer:
 
     def validate(self, samples: Sequence[Sample]) -> dict[str, float]:
         """``val_<key>`` figures of the current model on ``samples`` (the dataset's
-        validation metric)."""
+        validation metric), and :data:`VAL_SECONDS`, the run's seconds so far, so that
+        every method's validation score can be drawn against wall-clock time."""
         preds = self._predict(samples, "val")
         val = evaluate_samples(preds, samples, self.val_metrics, self.dataset.eval_tile).mean
-        return {f"val_{key}": float(value) for key, value in val.items()}
+        return {**{f"val_{key}": float(value) for key, value in val.items()},
+                VAL_SECONDS: self.state.elapsed}
 
     def end_epoch(self, figures: dict[str, float]) -> None:
         """Keep the weights if they validate best so far, save ``last.pt``, then log the

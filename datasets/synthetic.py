@@ -4,6 +4,8 @@
 variation (the regime the harmonic-embeddings paper targets): clumps of touching
 elliptic cells with membranes, textured interiors and background gaps, under blur and
 noise. Scored like CVPPP (SBD, |DiC|, fg/bg Dice), no foreground mask at test time.
+With ``sparse=true``: sparse nuclei instead, separate and touching, about 15 %
+foreground (the regime of fluorescence nuclei sets), same scoring, still no mask.
 
 ``synthetic-worms``: elongated, overlapping worm-like instances kept as a mask stack;
 the input is the binary foreground, as in the BBBC010 protocol, scored with COCO AP.
@@ -20,18 +22,29 @@ from skimage.segmentation import find_boundaries
 
 from benchbio.data import InstanceDataset, LazySamples, Sample
 from benchbio.errors import BenchbioError
+from benchbio.method import OverfitCheck
 from benchbio.registry import register_dataset
 
 __all__ = [
     "GeneratedOptions",
     "CellsOptions",
     "make_cells",
+    "make_nuclei",
     "make_worms",
     "synthetic_cells",
     "synthetic_worms",
+    "OVERFIT_CHECK",
+    "OVERLAPS_CHECK",
 ]
 
 _SPLIT_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}
+
+#: The standard overfit check (:mod:`benchbio.overfit`): one clumps image of about 21
+#: touching cells, SBD >= 0.95; what a method that declares no check of its own gets.
+OVERFIT_CHECK = OverfitCheck(dataset="synthetic-cells", dataset_options={"tissue": 0.3},
+                             metric="sbd", threshold=0.95)
+#: For methods whose output may overlap: one synthetic-worms image, COCO AP >= 0.9.
+OVERLAPS_CHECK = OverfitCheck(dataset="synthetic-worms", metric="ap", threshold=0.9)
 
 
 def make_cells(
@@ -79,6 +92,63 @@ def make_cells(
     image[fg] = brightness[labels[fg]] + 0.15 * texture[fg]
     image[find_boundaries(labels, mode="inner") & fg] *= 0.45
     image = ndi.gaussian_filter(image, 0.8) + rng.normal(0, 0.04, (size, size))
+    return np.clip(image, 0, 1).astype(np.float32)[None], labels
+
+
+def make_nuclei(
+    seed: int, size: int = 128, foreground: float = 0.15, radius: tuple[float, float] = (5.0, 8.0),
+    touching: float = 0.35,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One sparse nuclei-like image ``(1, size, size)`` float32 and its label image.
+
+    Elliptic nuclei (semi-axes drawn from ``radius``) are added until they cover the
+    ``foreground`` fraction of the image: each new nucleus is, with probability
+    ``touching``, placed against one already there (centres 0.75-0.9 of the summed radii
+    apart, the overlap split by the nearer centre in ellipse-normalised distance), else
+    anywhere at least 4 px clear of the others. Nuclei are bright, brightest in the
+    middle, with a darker rim where they touch, on a dark background, under blur and
+    noise: the regime of fluorescence nuclei sets (10-30 % foreground, no mask at test).
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    best = np.full((size, size), np.inf, np.float32)
+    labels = np.zeros((size, size), np.int32)
+    placed: list[tuple[float, float, float]] = []  # centre row, column, larger semi-axis
+    for _ in range(2000):
+        if (labels > 0).sum() >= foreground * size * size:
+            break
+        a, b = rng.uniform(*radius, 2)
+        r = max(a, b)
+        against = placed and rng.random() < touching
+        if against:
+            py, px, pr = placed[rng.integers(len(placed))]
+            angle, dist = rng.uniform(0, 2 * np.pi), (pr + r) * rng.uniform(0.75, 0.9)
+            cy, cx = py + dist * np.sin(angle), px + dist * np.cos(angle)
+        else:
+            cy, cx = rng.uniform(r, size - r, 2)
+        if not (r <= cy < size - r and r <= cx < size - r):
+            continue
+        if not all(np.hypot(cy - qy, cx - qx) > (0.7 * (r + qr) if against else r + qr + 4)
+                   for qy, qx, qr in placed):
+            continue
+        t = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dx * np.cos(t) + dy * np.sin(t)) / a
+        v = (-dx * np.sin(t) + dy * np.cos(t)) / b
+        d = u * u + v * v
+        inside = (d < 1.0) & (d < best)
+        labels[inside] = len(placed) + 1
+        best[inside] = d[inside]
+        placed.append((cy, cx, r))
+    labels = _relabel_min_area(labels, 20)
+    image = np.full((size, size), 0.08, np.float32)
+    texture = ndi.gaussian_filter(rng.normal(0, 1, (size, size)), 1.5).astype(np.float32)
+    brightness = rng.uniform(0.45, 0.9, labels.max() + 1).astype(np.float32)
+    fg = labels > 0
+    shade = np.clip(1.0 - 0.35 * best, 0.6, 1.0)  # brighter towards the centre
+    image[fg] = brightness[labels[fg]] * shade[fg] + 0.08 * texture[fg]
+    image[find_boundaries(labels, mode="inner") & fg] *= 0.6
+    image = ndi.gaussian_filter(image, 1.0) + rng.normal(0, 0.03, (size, size))
     return np.clip(image, 0, 1).astype(np.float32)[None], labels
 
 
@@ -161,12 +231,20 @@ class CellsOptions(GeneratedOptions):
         tissue: the fraction of the image the cells may cover (1: a carpet of about 67
             cells per 128x128 image; 0.3: clumps, about 21 cells, near CVPPP A1's 16
             leaves).
+        sparse: instead of cells, sparse nuclei (:func:`make_nuclei`): about 20 per
+            128x128 image, separate and touching, 15 % foreground, as in fluorescence
+            nuclei sets, where background is most of every image.
     """
 
     tissue: float = 1.0
+    sparse: bool = False
 
     def __post_init__(self) -> None:
         _check_tissue(self.tissue)  # now, not when the first image is generated
+        if self.sparse and self.tissue != 1.0:
+            raise BenchbioError(
+                f"synthetic-cells: tissue={self.tissue} shapes the cell carpet, but "
+                "sparse=true places nuclei itself (about 15 % foreground); drop one of them")
 
 
 def _generated(
@@ -197,12 +275,19 @@ def _generated(
     )
 
 
+def _make_cells_or_nuclei(
+    seed: int, size: int, tissue: float, sparse: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    return make_nuclei(seed, size=size) if sparse else make_cells(seed, size=size, tissue=tissue)
+
+
 @register_dataset("synthetic-cells", options=CellsOptions)
 def synthetic_cells(options: CellsOptions, data_dir: str | None = None) -> InstanceDataset:
     """Densely packed textured cells, generated (no download); CVPPP-style scoring."""
     del data_dir  # generated, nothing on disk
     return _generated(
-        "synthetic-cells", make_cells, False, ("sbd", "dic", "fg_bg_dice", "dsb_accuracy"),
+        "synthetic-cells", _make_cells_or_nuclei, False,
+        ("sbd", "dic", "fg_bg_dice", "dsb_accuracy"),
         "densely packed textured cell-like instances, generated from a seed", options,
     )
 

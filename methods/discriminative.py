@@ -20,7 +20,7 @@ one more cluster in the loss and the largest cluster is taken as background at t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,8 @@ import torch
 
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample
+from benchbio.datasets.synthetic import OVERFIT_CHECK
+from benchbio.foreground import foreground_loss, foreground_target, predicted_foreground
 from benchbio.guides import GuideMaps
 from benchbio.instances import Prediction, owner_map
 from benchbio.method import LogFn, Method, MethodOptions, register_variant
@@ -60,6 +62,10 @@ class DiscriminativeOptions(MethodOptions):
         kernel_size: kernel of the decoder's first convolutions (authors' U-Net: 7).
         clusterer: "torch" (vectorised mean-shift) or "sklearn".
         cluster_kernel: torch mean-shift kernel, "flat" or "gaussian".
+        background: where the protocol gives no foreground mask, "cluster" (background
+            is one more cluster, the largest at test time) or "head" (a foreground
+            channel, binary cross-entropy; see :mod:`benchbio.foreground`).
+        fg_weight: weight of the foreground head's loss ("head" only).
     """
 
     embedding_dim: int = 12
@@ -77,6 +83,8 @@ class DiscriminativeOptions(MethodOptions):
     kernel_size: int = 7
     clusterer: Literal["torch", "sklearn"] = "torch"
     cluster_kernel: Literal["flat", "gaussian"] = "flat"
+    background: Literal["cluster", "head"] = "cluster"
+    fg_weight: float = 1.0
 
 
 def cluster_targets(instances: np.ndarray, fg: np.ndarray | None) -> np.ndarray:
@@ -155,6 +163,7 @@ class Discriminative(Method):
 
     name = "discriminative"
     Options = DiscriminativeOptions
+    overfit = replace(OVERFIT_CHECK, options={"width": 16, "kernel_size": 3})
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -197,20 +206,33 @@ class Discriminative(Method):
                 raise RuntimeError("call fit() or load_state() before build_model()")
             self._maps = position = GuideMaps(self._harmonic.guides)
         return build_unet(
-            in_channels, o.embedding_dim, encoder=o.encoder, width=o.width, position=position,
-            encoder_weights=o.encoder_weights, kernel_size=o.kernel_size,
+            in_channels, o.embedding_dim + self._head, encoder=o.encoder, width=o.width,
+            position=position, encoder_weights=o.encoder_weights, kernel_size=o.kernel_size,
         )
 
+    @property
+    def _head(self) -> int:
+        """1 when the network has a foreground channel (its last), else 0."""
+        return int(self.opts.background == "head")
+
     def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
-        """``clusters``: each pixel's cluster index, -1 where ignored."""
-        return {"clusters": cluster_targets(instances, fg)}
+        """``clusters``: each pixel's cluster index, -1 where ignored; with the
+        foreground head also ``foreground`` (0/1), and background is then ignored."""
+        if not self._head:
+            return {"clusters": cluster_targets(instances, fg)}
+        foreground = foreground_target(instances)
+        mask = foreground > 0 if fg is None else np.asarray(fg, bool)
+        return {"clusters": cluster_targets(instances, mask), "foreground": foreground}
 
     def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         o = self.opts
-        return discriminative_loss(
-            output, targets["clusters"], delta_v=o.delta_v, delta_d=o.delta_d,
-            alpha=o.alpha, beta=o.beta, gamma=o.gamma,
+        loss = discriminative_loss(
+            output[:, : o.embedding_dim], targets["clusters"], delta_v=o.delta_v,
+            delta_d=o.delta_d, alpha=o.alpha, beta=o.beta, gamma=o.gamma,
         )
+        if self._head:
+            loss = loss + o.fg_weight * foreground_loss(output[:, -1], targets["foreground"])
+        return loss
 
     # --------------------------------------------------------------- inference
     def unflip(self, output: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
@@ -221,9 +243,13 @@ class Discriminative(Method):
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int
     ) -> Prediction:
-        """Mean-shift with bandwidth ``delta_d`` (largest cluster = background w/o fg)."""
+        """Mean-shift with bandwidth ``delta_d`` over the protocol's foreground, else the
+        head's, else every pixel (largest cluster = background)."""
+        if self._head and fg is None:
+            fg = predicted_foreground(output[-1])
         return embeddings_to_labels(
-            output.float(), float(self.opts.bandwidth), fg=fg, min_area=min_area,
+            output[: self.opts.embedding_dim].float(), float(self.opts.bandwidth), fg=fg,
+            min_area=min_area,
             clusterer=self.opts.clusterer, kernel=self.opts.cluster_kernel,
         )
 

@@ -53,7 +53,7 @@ is the mean rank score of its patches mapped from [-1, 1] to [0, 1].
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -65,6 +65,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from benchbio.cluster import remove_small
+from benchbio.datasets.synthetic import OVERLAPS_CHECK
 from benchbio.errors import BenchbioError
 from benchbio.instances import Prediction, is_stack, owner_map, to_stack
 from benchbio.method import Method, MethodOptions
@@ -536,6 +537,11 @@ class PatchPerPix(Method):
 
     name = "patchperpix"
     Options = PatchPerPixOptions
+    #: Its output may overlap: one synthetic-worms image, COCO AP >= 0.9, with a patch
+    #: that fits the 128-pixel image on a CPU. Out of the suite until measured to pass
+    #: (``python benchmarks/overfit.py patchperpix``).
+    overfit = replace(OVERLAPS_CHECK, options={"width": 16, "kernel_size": 3, "patch_size": 15},
+                      in_suite=False)
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

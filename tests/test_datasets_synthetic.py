@@ -47,3 +47,43 @@ def test_tissue_is_a_dataset_option():
     for bad in (0.0, 1.5):
         with pytest.raises(BenchbioError, match="tissue"):
             benchbio.create_dataset("synthetic-cells", tissue=bad)
+
+
+def test_sparse_nuclei_are_separate_and_touching_at_about_15_percent_foreground():
+    from scipy import ndimage as ndi
+    from skimage.measure import label as components
+
+    from benchbio.datasets.synthetic import make_nuclei
+    from benchbio.evaluation import evaluate
+
+    labels = [make_nuclei(seed)[1] for seed in range(8)]
+    assert all(0.14 <= (lab > 0).mean() <= 0.17 for lab in labels)
+    assert all(15 <= lab.max() <= 25 for lab in labels)
+    touching = alone = 0
+    for lab in labels:
+        for k in range(1, lab.max() + 1):
+            ring = ndi.binary_dilation(lab == k) & (lab > 0) & (lab != k)
+            touching += ring.any()
+            alone += not ring.any()
+    assert touching > 0.3 * (touching + alone) and alone > 0.2 * (touching + alone)
+    # touching nuclei matter: connected components of the true foreground fall short
+    cc = evaluate([components(lab > 0) for lab in labels], labels, metrics=["sbd"])
+    assert cc.mean["sbd"] < 0.8
+    # recorded results on the sparse regime stay reproducible
+    golden = {0: "5468903b587c31e2", 1: "e955524a439c5eec"}
+    for seed, digest in golden.items():
+        assert hashlib.sha256(labels[seed].astype(np.int32).tobytes()).hexdigest()[:16] == digest
+
+
+def test_sparse_is_a_dataset_option_with_no_mask_at_test():
+    from benchbio.datasets.synthetic import make_nuclei
+
+    ds = benchbio.create_dataset("synthetic-cells", sparse=True, n_train=1, n_val=1, n_test=1)
+    sample = ds.split("test")[0]
+    assert not ds.fg_at_test and sample.fg is None
+    assert np.array_equal(ds.split("train")[0].instances, make_nuclei(0)[1])
+    assert np.array_equal(
+        benchbio.create_dataset("synthetic-cells", sparse=False, n_train=1).split("train")[0]
+        .instances, make_cells(0)[1])
+    with pytest.raises(BenchbioError, match="sparse=true places nuclei"):
+        benchbio.create_dataset("synthetic-cells", sparse=True, tissue=0.3)

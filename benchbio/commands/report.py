@@ -41,6 +41,13 @@ def _runs(experiment: str | None, study: str | None, must_exist: bool = True) ->
                               output_format="list", order_by=["attributes.start_time DESC"])
 
 
+def _history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every logged value of a run's metric."""
+    import mlflow
+
+    return [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
+
+
 @click.command("report")
 @click.argument("spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--study", default=None, help="Runs tagged with this study (without a SPEC).")
@@ -52,7 +59,8 @@ def _runs(experiment: str | None, study: str | None, must_exist: bool = True) ->
 @click.option("--title", default=None, help="Table title [default: the study or experiment].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report in the folder.")
 def command(spec, study, experiment, out_dir, metrics, title, overwrite) -> None:
-    """Write table.md, table.csv, table.tex and figure.png for a study's runs.
+    """Write table.md, table.csv, table.tex and figure.png (and curves.png, curves.csv:
+    validation score against time, when the runs logged val_seconds) for a study's runs.
 
     Methods are rows, metrics columns, mean +- std over seeds, the best per column
     marked, with the spec's reference figures beside them. With SPEC, only runs of the
@@ -85,6 +93,7 @@ def command(spec, study, experiment, out_dir, metrics, title, overwrite) -> None
             source=f"study `{study_spec.name}`, experiment `{study_spec.experiment}`, {uri}",
             description=study_spec.description,
             reproduce=f"benchbio sweep {spec} && benchbio report {spec} --overwrite",
+            history=_history,
         )
         out_dir = out_dir or study_spec.path.parent
     else:
@@ -95,6 +104,6 @@ def command(spec, study, experiment, out_dir, metrics, title, overwrite) -> None
         what = " and ".join(x for x in (f"study `{study}`" if study else "",
                                         f"experiment `{experiment}`" if experiment else "") if x)
         table = build_table(runs, title=title or study or experiment, metrics=keys,
-                            source=f"{what}, {uri}")
+                            source=f"{what}, {uri}", history=_history)
     for path in write_report(table, out_dir, overwrite=overwrite):
         click.echo(f"wrote {path}")

@@ -1,0 +1,127 @@
+"""The overfit check: can a method's network learn one image?
+
+Every method declares how it is checked (:class:`benchbio.method.OverfitCheck`, the class
+attribute ``overfit``): a tiny network, a learning rate, a step budget, one generated
+image and a score to reach on it. :func:`overfit` trains the method's own network on that
+image with the method's own hooks (``fit``, ``build_model``, ``targets``, ``loss``) and
+scores it with the harness's prediction and evaluation path (``training.predict_samples``,
+``training.evaluate_samples``), so a method whose targets, loss or post-processing cannot
+express the truth fails here, in seconds to minutes, before anyone spends GPU hours on
+it. ``tests/test_overfit.py`` runs it for every registered method (those whose check is
+``in_suite``); ``benchmarks/overfit.py`` runs it for all of them and writes the table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .method import Method, OverfitCheck
+from .registry import DATASETS, METHODS
+
+__all__ = ["OverfitResult", "overfit", "check_of", "methods_to_check"]
+
+
+@dataclass
+class OverfitResult:
+    """What one overfit check measured.
+
+    Attributes:
+        method: the registered method name.
+        check: the settings it ran with.
+        passed: the score reached ``check.threshold`` within ``check.steps``.
+        steps: training steps taken (the first evaluation that passed, else all).
+        score: the last score; ``best`` the highest seen.
+        seconds: wall-clock seconds of the whole check (fit, training, evaluations);
+            ``train_seconds`` of the training steps alone.
+        history: ``(step, score, seconds so far)`` at every evaluation.
+    """
+
+    method: str
+    check: OverfitCheck
+    passed: bool
+    steps: int
+    score: float
+    best: float
+    seconds: float
+    train_seconds: float
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+
+
+def check_of(name: str, default: OverfitCheck) -> OverfitCheck:
+    """The overfit settings a registered method declares, else ``default`` (the
+    standard check, ``benchbio.datasets.synthetic.OVERFIT_CHECK``, in the suite)."""
+    return type(METHODS.create(name)).overfit or default
+
+
+def methods_to_check(default: OverfitCheck, in_suite: bool | None = None) -> list[str]:
+    """Registered method names, optionally only those whose check (their own, else
+    ``default``) is (or is not) in the test suite: a method registered later is picked
+    up without naming it anywhere."""
+    return [n for n in METHODS.names()
+            if in_suite is None or check_of(n, default).in_suite == in_suite]
+
+
+def overfit(name: str, check: OverfitCheck, *, seed: int = 0, steps: int | None = None,
+            on_eval: Callable[[int, float, float], None] | None = None) -> OverfitResult:
+    """Train method ``name`` on one image and score it there until it passes.
+
+    ``check``: the settings (usually :func:`check_of`); ``steps`` overrides its budget;
+    ``on_eval(step, score, seconds)`` is called after every evaluation.
+    Training uses the whole image (no crop, no augmentation), batch 1, Adam; the image
+    is image 0 of the check's dataset's train split.
+    """
+    budget = int(steps if steps is not None else check.steps)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    method: Method = METHODS.create(name, **check.options)
+    dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
+                                                **check.dataset_options})
+    sample = dataset.split("train")[0]
+    fg = sample.fg if dataset.fg_at_test else None
+    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
+    method.fit([sample], seed=seed)
+    device = torch.device("cpu")
+    model = method.build_model(dataset.in_channels)
+    image = torch.from_numpy(np.ascontiguousarray(sample.image))[None]
+    targets = {k: torch.from_numpy(np.ascontiguousarray(v))[None]
+               for k, v in method.targets(np.asarray(sample.instances), fg).items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=check.lr)
+    history: list[tuple[int, float, float]] = []
+    train_seconds = 0.0
+    score, best, step = float("nan"), -float("inf"), 0
+    from .training import evaluate_samples, predict_samples
+
+    while step < budget:
+        tick = time.perf_counter()
+        model.train()
+        for _ in range(min(check.eval_every, budget - step)):
+            optimizer.zero_grad(set_to_none=True)
+            loss = method.loss(model(image).float(), targets)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        train_seconds += time.perf_counter() - tick
+        preds = predict_samples(method, model, [sample], device,
+                                fg_at_test=dataset.fg_at_test, min_area=min_area)
+        scored = evaluate_samples(preds, [sample], [_metric_plugin(check.metric)])
+        score = float(scored.mean[check.metric])
+        best = max(best, score)
+        history.append((step, score, time.perf_counter() - start))
+        if on_eval is not None:
+            on_eval(*history[-1])
+        if score >= check.threshold:
+            break
+    return OverfitResult(name, check, score >= check.threshold, step, score, best,
+                         time.perf_counter() - start, train_seconds, history)
+
+
+def _metric_plugin(key: str) -> str:
+    from .training import _metric_of
+
+    return _metric_of(key)

@@ -1,0 +1,103 @@
+"""The overfit check for every registered method, as a table (results/bench/overfit.md).
+
+Each method is trained on one generated image with the settings it declares
+(``Method.overfit``, see :mod:`benchbio.overfit`) and scored on that image until it
+reaches its threshold (SBD 0.95 on a synthetic-cells clumps image by default; COCO AP
+0.9 on a synthetic-worms image for methods whose output may overlap). The test suite
+runs the methods whose check is ``in_suite``; this script runs them all:
+
+    python benchmarks/overfit.py --out results/bench/overfit.md
+    python benchmarks/overfit.py harmonic embedseg          # a subset, printed only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from benchbio.datasets.synthetic import OVERFIT_CHECK
+from benchbio.overfit import OverfitResult, check_of, overfit
+from benchbio.registry import METHODS
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _row(r: OverfitResult) -> str:
+    c = r.check
+    data = c.dataset + "".join(f", {k}={v}" for k, v in c.dataset_options.items())
+    opts = ", ".join(f"{k}={v}" for k, v in c.options.items())
+    curve = " ".join(f"{s}:{v:.2f}" for s, v, _ in r.history)
+    return (f"| `{r.method}` | {data} | {opts}; lr {c.lr:g} | {c.metric} >= {c.threshold:g} "
+            f"| {'**pass**' if r.passed else 'FAIL'} | {r.steps} / {c.steps} | {r.score:.3f} "
+            f"| {r.best:.3f} | {r.seconds:.0f} | {r.train_seconds:.0f} "
+            f"| {'yes' if c.in_suite else 'no'} | {curve} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("methods", nargs="*", help="method names (default: every registered one)")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    names = a.methods or METHODS.names()
+    load_before = os.getloadavg()[0]
+    header = ("| method | image | network; lr | target | result | steps (taken / budget) "
+              "| score | best | seconds (all) | seconds (training) | in test suite "
+              "| score after N steps |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    rows: list[str] = []
+    print(header, flush=True)
+    for name in names:
+        def report(step: int, score: float, seconds: float, n: str = name) -> None:
+            print(f"  {n}: step {step} score {score:.3f} ({seconds:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+        result = overfit(name, check_of(name, OVERFIT_CHECK), seed=a.seed, on_eval=report)
+        rows.append(_row(result))
+        print(rows[-1], flush=True)
+        if a.out is not None:  # after every method, so a long run keeps what it measured
+            _write(a.out, header, rows, load_before, len(rows) < len(names))
+    if a.out is not None:
+        print(f"wrote {a.out}")
+
+
+def _write(path: Path, header: str, rows: list[str], load_before: float,
+           partial: bool) -> None:
+    text = "\n".join([
+        "# Overfit check: every method learns one image",
+        "",
+        f"`{' '.join(['python', 'benchmarks/overfit.py', *sys.argv[1:]])}` on "
+        f"{platform.machine()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch "
+        f"thread(s), commit {_commit()}, {datetime.date.today()}; load average (1 min) "
+        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (above the CPU "
+        "count the machine was shared and the seconds are inflated; steps and scores do not "
+        "depend on load)." + (" **Partial: the run was still going.**" if partial else ""),
+        "",
+        "Each method trains its own network (the options shown) on one whole generated "
+        "image with Adam, batch 1, no augmentation, and is scored on that same image every "
+        "`eval_every` steps until it reaches its target (`Method.overfit`, "
+        "`benchbio/overfit.py`). seconds (all) include the method's fit (e.g. the guide "
+        "search) and the evaluations.",
+        "",
+        header,
+        *rows,
+        "",
+    ])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
