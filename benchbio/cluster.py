@@ -8,12 +8,15 @@ the bandwidth, every point assigned to its nearest mode) that runs on the model'
 ``clusterer="sklearn"`` selects the reference implementation on the same embeddings.
 
 What makes it fast: the modes are shifted over a seeded random subsample of the points
-(``max_points``), all seeds at once as one distance matrix per iteration, and only the
-final nearest-mode assignment touches every point. Points that the modes of a round
-leave uncovered (farther than the bandwidth from all of them) seed another round, so a
-small cluster is found whatever the subsample. Each instance gets a score: how tightly
-its pixels gather at its mode. ``benchmarks/bench_inference.py``
-measures it against scikit-learn on a trained model's embeddings (docs/inference.md).
+(``max_points``), from at most ``max_seeds`` seeds a round for at most ``max_iter``
+steps, all moving seeds at once as one preallocated kernel matrix per step; converged
+seeds and seeds that meet another leave the batch. Every point is then assigned by
+matrix products only (no ``argmin`` or ``norm`` over the short embedding dimension,
+both many times slower on a CPU). Points that the modes of a round leave uncovered
+(farther than the bandwidth from all of them) seed another round, so a small cluster
+is found whatever the subsample. Each instance gets a score: how tightly its pixels
+gather at its mode. ``benchmarks/bench_inference.py`` measures it against scikit-learn
+on a trained model's embeddings (docs/inference.md).
 """
 
 from __future__ import annotations
