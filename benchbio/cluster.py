@@ -8,12 +8,15 @@ the bandwidth, every point assigned to its nearest mode) that runs on the model'
 ``clusterer="sklearn"`` selects the reference implementation on the same embeddings.
 
 What makes it fast: the modes are shifted over a seeded random subsample of the points
-(``max_points``), all seeds at once as one distance matrix per iteration, and only the
-final nearest-mode assignment touches every point. Points that the modes of a round
-leave uncovered (farther than the bandwidth from all of them) seed another round, so a
-small cluster is found whatever the subsample. Each instance gets a score: how tightly
-its pixels gather at its mode. ``benchmarks/bench_inference.py``
-measures it against scikit-learn on a trained model's embeddings (docs/inference.md).
+(``max_points``), from at most ``max_seeds`` seeds a round for at most ``max_iter``
+steps, all moving seeds at once as one preallocated kernel matrix per step; converged
+seeds and seeds that meet another leave the batch. Every point is then assigned by
+matrix products only (no ``argmin`` or ``norm`` over the short embedding dimension,
+both many times slower on a CPU). Points that the modes of a round leave uncovered
+(farther than the bandwidth from all of them) seed another round, so a small cluster
+is found whatever the subsample. Each instance gets a score: how tightly its pixels
+gather at its mode. ``benchmarks/bench_inference.py`` measures it against scikit-learn
+on a trained model's embeddings (docs/inference.md).
 """
 
 from __future__ import annotations
@@ -25,86 +28,138 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .instances import Prediction, label_means, sequential
+from .instances import Prediction, sequential
 
 __all__ = ["mean_shift", "mean_shift_sklearn", "embeddings_to_labels", "remove_small"]
 
 
 SHIFT_TOL = 1e-2  # a mode has converged when it moves less than this times the bandwidth
-TWIN_DISTANCE = 0.25  # moving modes closer than this times the bandwidth are followed once
+TWIN_DISTANCE = 0.25  # a moving mode this close (times the bandwidth) to another is dropped
+# Defaults chosen on harmonic synthetic-cells embeddings (docs/inference.md): 64 seeds a
+# round, 10 steps at most, a 1,024-point sample gave the best SBD and a quarter of the
+# time of 256 seeds, 100 steps and 2,048 points; points left uncovered seed more rounds.
+MAX_ITER = 10  # steps of a seed at most
+MAX_SEEDS = 64  # seeds of a round at most
+MAX_POINTS = 1024  # sample the modes climb on
 
 
-def _bin_seeds(points: torch.Tensor, bandwidth: float, max_seeds: int) -> torch.Tensor:
-    """One point of each occupied bandwidth-sized bin, most populated bins first.
+def _bin_seeds(
+    points: torch.Tensor, bandwidth: float, max_seeds: int, min_bin_freq: int = 1,
+) -> torch.Tensor:
+    """One point of each bandwidth-sized bin holding at least ``min_bin_freq`` points,
+    most populated bins first (ties: bins in lexicographic order), at most ``max_seeds``.
 
     Unlike scikit-learn's bin seeding, the seed is a data point, not the bin centre: a
     bin centre can lie within the bandwidth of two clusters and pull them into one mode.
+    Bins are told apart by one exact integer key (their coordinates in mixed radix), which
+    ``torch.unique`` sorts many times faster than rows.
     """
     bins = torch.round(points / bandwidth).to(torch.int64)
-    _, inverse, counts = torch.unique(bins, dim=0, return_inverse=True, return_counts=True)
+    low = bins.min(0).values
+    span = (bins.max(0).values - low + 1).tolist()
+    if math.prod(span) < 2**62:
+        strides = [math.prod(span[i + 1 :]) for i in range(len(span))]
+        key = ((bins - low) * torch.tensor(strides, device=points.device)).sum(1)
+        _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    else:  # too many bins for one int64 key: compare rows
+        _, inverse, counts = torch.unique(bins, dim=0, return_inverse=True, return_counts=True)
     first = torch.full((len(counts),), len(points), dtype=torch.int64, device=points.device)
     first.scatter_reduce_(0, inverse, torch.arange(len(points), device=points.device), "amin")
-    order = torch.argsort(counts, descending=True, stable=True)[:max_seeds]
+    order = torch.argsort(counts, descending=True, stable=True)
+    order = order[counts[order] >= min_bin_freq][:max_seeds]
     return points[first[order]].clone()
+
+
+def _squares(points: torch.Tensor, metric: str) -> torch.Tensor | None:
+    """``|p|^2`` of each point for L2 (what the distance products need), None for L1."""
+    return (points * points).sum(1) if metric == "l2" else None
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.cdist(a, b, p=1.0 if metric == "l1" else 2.0)
 
 
-def _kernel_weights(
-    modes: torch.Tensor, sample: torch.Tensor, sample_sq: torch.Tensor | None,
-    bandwidth: float, metric: str, kernel: str,
+def _within(
+    a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None, radius: float, metric: str,
 ) -> torch.Tensor:
-    """Kernel weights ``(modes, sample)`` of the sample points around each mode.
+    """``(len(a), len(b))`` booleans: pairs closer than ``radius``.
 
-    For L2 the squared distances come from one matrix product (``|m|^2 + |s|^2 - 2 m.s``,
-    ``sample_sq`` = ``|s|^2``) compared with the squared bandwidth: no square roots."""
+    For L2 one matrix product gives ``|b|^2 - 2 a.b``, compared with ``radius^2 - |a|^2``
+    row by row: no square root and no second pass over the matrix."""
     if metric == "l2":
-        sq = torch.addmm(sample_sq[None], modes, sample.T, alpha=-2)
-        sq += (modes * modes).sum(1, keepdim=True)
+        partial = torch.addmm((b * b).sum(1)[None] if b_sq is None else b_sq[None], a, b.T,
+                              alpha=-2)
+        return partial < (radius * radius - (a * a).sum(1))[:, None]
+    return _distance(a, b, metric) < radius
+
+
+def _kernel_weights(
+    modes: torch.Tensor, sample_t: torch.Tensor, sample_sq: torch.Tensor | None,
+    bandwidth: float, metric: str, kernel: str, out: torch.Tensor,
+) -> torch.Tensor:
+    """Kernel weights ``(modes, sample)`` of the sample points around each mode, written
+    into ``out``; ``sample_t`` is the sample transposed ``(D, S)``, contiguous.
+
+    For L2 one matrix product gives ``|s|^2 - 2 m.s``, and the flat kernel is its
+    comparison with ``bandwidth^2 - |m|^2``, written as 0 / 1 over the same buffer: no
+    square root, no new matrix (fresh matrices of this size cost as much as the product)."""
+    if metric == "l2":
+        sq = torch.addmm(sample_sq[None], modes, sample_t, alpha=-2, out=out)
+        modes_sq = (modes * modes).sum(1, keepdim=True)
         if kernel == "flat":
-            return (sq < bandwidth * bandwidth).to(sample.dtype)
-        weight = torch.exp(sq.clamp(min=0) * (-0.5 / bandwidth**2))
-        return weight.masked_fill_(sq >= 9 * bandwidth * bandwidth, 0.0)
-    dist = _distance(modes, sample, metric)
+            return torch.lt(sq, bandwidth * bandwidth - modes_sq, out=sq)
+        # Gaussian with standard deviation = bandwidth, cut at 3 bandwidths
+        sq += modes_sq
+        outside = sq >= 9 * bandwidth * bandwidth
+        return sq.clamp_(min=0).mul_(-0.5 / bandwidth**2).exp_().masked_fill_(outside, 0.0)
+    dist = _distance(modes, sample_t.T, metric)
     if kernel == "flat":
-        return (dist < bandwidth).to(sample.dtype)
-    # Gaussian with standard deviation = bandwidth, cut at 3 bandwidths
+        return torch.lt(dist, bandwidth, out=out)
     weight = torch.exp(-0.5 * (dist / bandwidth) ** 2)
-    return weight.masked_fill_(dist >= 3 * bandwidth, 0.0)
+    return out.copy_(weight.masked_fill_(dist >= 3 * bandwidth, 0.0))
+
+
+def _lengths(vectors: torch.Tensor, metric: str) -> torch.Tensor:
+    """L1 length, or squared L2 length, of each row (no square root: compared with
+    squared thresholds; ``Tensor.norm`` over a short dimension is many times slower)."""
+    return vectors.abs().sum(1) if metric == "l1" else (vectors * vectors).sum(1)
 
 
 def _shift(
-    modes: torch.Tensor, sample: torch.Tensor, bandwidth: float, metric: str, max_iter: int,
+    seeds: torch.Tensor, sample: torch.Tensor, bandwidth: float, metric: str, max_iter: int,
     kernel: str = "flat",
 ) -> torch.Tensor:
-    """Move each mode to the kernel-weighted mean of the sample points until it moves
-    less than ``SHIFT_TOL`` * bandwidth; returns the modes reached.
+    """Move each seed to the kernel-weighted mean of the sample points until it moves
+    less than ``SHIFT_TOL`` * bandwidth, or for ``max_iter`` steps; returns the modes
+    reached.
 
-    All moving modes shift at once (one matrix product per iteration); a converged mode
-    leaves the batch, and so does a mode that comes within ``TWIN_DISTANCE`` * bandwidth
-    of another moving one (from there both climb to the same mode: one is followed)."""
-    active = torch.ones(len(modes), dtype=torch.bool, device=modes.device)
-    duplicate = torch.zeros_like(active)
-    tol, twin = SHIFT_TOL * bandwidth, TWIN_DISTANCE * bandwidth
-    sample_sq = (sample * sample).sum(1) if metric == "l2" else None
+    Only the moving modes shift, all at once, in one preallocated kernel matrix: one
+    matrix product for the kernel, one for the weighted sums. A moving mode that comes
+    within ``TWIN_DISTANCE`` * bandwidth of a mode that has stopped, or of another moving
+    one that started earlier, is dropped: from there both climb to the same mode, which
+    is followed once."""
+    sample_t = sample.T.contiguous()
+    sample_sq = _squares(sample, metric)
+    buffer = sample.new_empty((len(seeds), len(sample)))
+    tol = (SHIFT_TOL * bandwidth) ** (1 if metric == "l1" else 2)
+    twin = TWIN_DISTANCE * bandwidth
+    found = seeds[:0]  # modes that have stopped
+    current = seeds
     for _ in range(max_iter):
-        idx = active.nonzero().squeeze(1)
-        if len(idx) == 0:
+        if len(current) == 0:
             break
-        near = _kernel_weights(modes[idx], sample, sample_sq, bandwidth, metric, kernel)
-        support = near.sum(1, keepdim=True)
-        new = torch.where(support > 0, near @ sample / support.clamp(min=1e-12), modes[idx])
-        diff = new - modes[idx]
-        shift = diff.abs().sum(1) if metric == "l1" else diff.norm(dim=1)
-        modes[idx] = new
-        active[idx[shift < tol]] = False
-        if len(idx) > 1:  # a mode that has caught up with an earlier one is not followed
-            close = torch.triu(_distance(new, new, metric) < twin, diagonal=1).any(0)
-            duplicate[idx[close]] = True
-            active[idx[close]] = False
-    return modes[~duplicate]
+        weights = _kernel_weights(current, sample_t, sample_sq, bandwidth, metric, kernel,
+                                  buffer[: len(current)])
+        support = weights.sum(1, keepdim=True)
+        new = torch.mm(sample_t, weights.T).T / support  # no support: NaN, kept in place
+        new = torch.where(support > 0, new, current)
+        moving = _lengths(new - current, metric) >= tol
+        found = torch.cat([found, new[~moving]])
+        # twins: moving modes close to a stopped mode or to an earlier moving one
+        close = _within(new, torch.cat([found, new]), None, twin, metric)
+        twins = close[:, : len(found)].any(1) | torch.tril(close[:, len(found):], -1).any(1)
+        current = new[moving & ~twins]
+    return torch.cat([found, current])
 
 
 def _merge(
@@ -114,10 +169,11 @@ def _merge(
     """Indices of the modes kept, by decreasing support (sample points within
     ``bandwidth``): a mode within ``bandwidth`` of a kept one, or supported by fewer than
     ``min_support`` points, is dropped."""
-    support = (_distance(modes, sample, metric) < bandwidth).sum(1)
+    support = _within(modes, sample, None, bandwidth, metric).sum(1)
     order = torch.argsort(support, descending=True, stable=True)
     support = support[order].tolist()
-    close = (_distance(modes[order], modes[order], metric) < bandwidth).cpu().numpy()
+    ordered = modes[order]
+    close = _within(ordered, ordered, None, bandwidth, metric).cpu().numpy()
     covered = np.zeros(len(modes), dtype=bool)  # within bandwidth of a kept mode
     keep: list[int] = []
     for i in range(len(modes)):
@@ -129,27 +185,48 @@ def _merge(
     return order[keep]
 
 
-def _nearest(points: torch.Tensor, centres: torch.Tensor, metric: str, distances: bool = True):
-    """Index of (and, if ``distances``, distance to) the nearest centre, in chunks.
+CHUNK = 32768  # points per distance matrix against the modes
 
-    For L2 the nearest centre minimises ``|c|^2 - 2 p.c`` (one matrix product, no
-    square roots, ``points`` may be a transposed view); the distance is then exact."""
-    labels = torch.empty(len(points), dtype=torch.int64, device=points.device)
-    dist = torch.empty(len(points) if distances else 0, dtype=points.dtype,
-                       device=points.device)
-    norms = (centres * centres).sum(1)
-    for start in range(0, len(points), 65536):
-        chunk = points[start : start + 65536]
+
+def _assign(
+    centres: torch.Tensor, first: int, points_t: torch.Tensor, points_sq: torch.Tensor | None,
+    metric: str, labels: torch.Tensor, closest: torch.Tensor,
+) -> None:
+    """Move each point (``points_t`` is ``(D, P)``) to the nearest of ``centres``
+    (numbered from ``first``) where that is nearer than its distance in ``closest``
+    (squared for L2); ``labels`` and ``closest`` are updated in place.
+
+    Per chunk of points, one ``(centres, chunk)`` distance matrix (for L2 one matrix
+    product, no square roots): its minimum over the centres vectorises across the points,
+    and the nearest centre's index comes from one more product, ``[0..K-1; 1] @ (d ==
+    min)``, with the number of centres at the minimum beside it: far cheaper than
+    ``argmin`` over a short dimension. Exact ties (rare) take the first centre."""
+    index_and_one = torch.stack([torch.arange(len(centres), dtype=points_t.dtype,
+                                              device=points_t.device),
+                                 points_t.new_ones(len(centres))])
+    centres_sq = (centres * centres).sum(1, keepdim=True)
+    for start in range(0, points_t.shape[1], CHUNK):
+        chunk = points_t[:, start : start + CHUNK]
         if metric == "l2":
-            nearest = torch.addmm(norms[None], chunk, centres.T, alpha=-2).argmin(1)
-            if distances:
-                dist[start : start + 65536] = (chunk - centres[nearest]).norm(dim=1)
+            dist = torch.addmm(points_sq[None, start : start + CHUNK], centres, chunk,
+                               alpha=-2).add_(centres_sq)
         else:
-            d, nearest = _distance(chunk, centres, metric).min(1)
-            if distances:
-                dist[start : start + 65536] = d
-        labels[start : start + 65536] = nearest
-    return labels, dist
+            dist = _distance(centres, chunk.T, metric)
+        best = dist.amin(0)
+        nearest, count = torch.mm(index_and_one, torch.eq(dist, best, out=dist))
+        nearest = nearest.to(torch.int64)
+        tied = (count > 1).nonzero().squeeze(1)
+        if len(tied):  # two centres at the same distance: the first
+            if metric == "l2":
+                again = torch.cdist(centres, chunk[:, tied].T)
+            else:
+                again = _distance(centres, chunk[:, tied].T, metric)
+            nearest[tied] = again.argmin(0)
+        old = closest[start : start + CHUNK]
+        nearer = best < old
+        closest[start : start + CHUNK] = torch.where(nearer, best, old)
+        labels[start : start + CHUNK] = torch.where(nearer, nearest + first,
+                                                    labels[start : start + CHUNK])
 
 
 def mean_shift(
@@ -158,9 +235,10 @@ def mean_shift(
     *,
     metric: str = "l2",
     kernel: str = "flat",
-    max_iter: int = 100,
-    max_seeds: int = 256,
-    max_points: int = 2048,
+    max_iter: int = MAX_ITER,
+    max_seeds: int = MAX_SEEDS,
+    min_bin_freq: int = 1,
+    max_points: int = MAX_POINTS,
     min_support: int = 1,
     min_cluster: int = 20,
     rounds: int = 3,
@@ -170,13 +248,14 @@ def mean_shift(
     """Mean-shift of ``points`` ``(P, D)``; returns (labels ``(P,)``, modes ``(K, D)``)
     and, with ``return_distances``, each point's distance to its mode ``(P,)``.
 
-    Seeds are one point of each occupied bandwidth-sized bin (most populated first, at
-    most ``max_seeds``); each seed climbs to a mode with a ``"flat"`` kernel (mean of the
-    points within ``bandwidth``, scikit-learn's) or a ``"gaussian"`` one (standard
-    deviation ``bandwidth``); modes closer than ``bandwidth`` are merged by decreasing
-    support and modes supported by fewer than ``min_support`` sampled points dropped;
-    every point joins its nearest mode. ``metric`` is ``"l2"`` (scikit-learn's) or
-    ``"l1"`` (the distance of the guide search, eq. 4).
+    Seeds are one point of each bandwidth-sized bin holding at least ``min_bin_freq``
+    points (most populated first, at most ``max_seeds``); each seed climbs to a mode
+    (at most ``max_iter`` steps) with a ``"flat"`` kernel (mean of the points within
+    ``bandwidth``, scikit-learn's) or a ``"gaussian"`` one (standard deviation
+    ``bandwidth``); modes closer than ``bandwidth`` are merged by decreasing support and
+    modes supported by fewer than ``min_support`` sampled points dropped; every point
+    joins its nearest mode. ``metric`` is ``"l2"`` (scikit-learn's) or ``"l1"`` (the
+    distance of the guide search, eq. 4).
 
     Above ``max_points`` points the modes climb on a random subsample of that size drawn
     from ``seed`` (deterministic for a seed); the assignment always uses every point.
@@ -198,33 +277,40 @@ def mean_shift(
         empty = (np.zeros(0, dtype=np.int64), np.zeros((0, pts.shape[1] if pts.ndim == 2 else 0)))
         return (*empty, np.zeros(0, dtype=np.float32)) if return_distances else empty
     rng = np.random.default_rng(seed)
-    picked = _subsample(n, max_points, rng)  # indices of the sample, None: every point
-    sample = pts if picked is None else pts[picked.to(pts.device)]
     with _cpu_threads(1 if pts.device.type == "cpu" else None):
-        seeds = _bin_seeds(sample, bandwidth, max_seeds)
-        modes = _shift(seeds, sample, bandwidth, metric, max_iter, kernel)
-        centres = modes[_merge(modes, sample, bandwidth, metric, min_support)]
-        if len(centres) == 0:  # every mode below min_support: one cluster
-            centres = sample.mean(0, keepdim=True)
-        labels, dist = _nearest(pts, centres, metric)
-        for _ in range(max(rounds, 1) - 1):
-            far = (dist >= bandwidth).nonzero().squeeze(1)
-            if len(far) < max(min_cluster, 1):
+        points_t = pts.T.contiguous()  # (D, P): no copy for a transposed (D, P) embedding
+        points_sq = (points_t * points_t).sum(0) if metric == "l2" else None
+        radius = bandwidth if metric == "l1" else bandwidth * bandwidth
+        closest = pts.new_full((n,), math.inf)  # to the closest mode (squared for L2)
+        labels = torch.zeros(n, dtype=torch.int64, device=pts.device)  # its index
+        centres = pts[:0]
+        for round_ in range(max(rounds, 1)):
+            pool = None if round_ == 0 else (closest >= radius).nonzero().squeeze(1)
+            if pool is not None and len(pool) < max(min_cluster, 1):
                 break  # too few points left uncovered to make an instance of their own
-            # the modes of the uncovered points, climbed on (a subsample of) them alone;
-            # kept if they gather enough uncovered points to make an instance
-            drawn = _subsample(len(far), max_points, rng)
-            rest = pts[far if drawn is None else far[drawn.to(pts.device)]]
-            needed = max(min_support, math.ceil(max(min_cluster, 1) * len(rest) / len(far)))
-            modes = _shift(_bin_seeds(rest, bandwidth, max_seeds), rest, bandwidth, metric,
-                           max_iter, kernel)
-            modes = modes[_merge(modes, rest, bandwidth, metric, needed)]
-            if len(modes):
-                modes = modes[(_distance(modes, centres, metric) >= bandwidth).all(1)]
+            drawn = _subsample(n if pool is None else len(pool), max_points, rng)
+            if drawn is not None:
+                drawn = drawn.to(pts.device)
+            picked = drawn if pool is None else pool if drawn is None else pool[drawn]
+            sample = pts.contiguous() if picked is None else points_t[:, picked].T.contiguous()
+            needed = min_support
+            if pool is not None:  # enough of the uncovered points to make an instance
+                needed = max(min_support, math.ceil(max(min_cluster, 1) * len(sample)
+                                                    / len(pool)))
+            seeds = _bin_seeds(sample, bandwidth, max_seeds, min_bin_freq)
+            modes = _shift(seeds, sample, bandwidth, metric, max_iter, kernel)
+            modes = modes[_merge(modes, sample, bandwidth, metric, needed)]
+            if len(centres) and len(modes):  # only modes away from every kept one
+                modes = modes[~_within(modes, centres, None, bandwidth, metric).any(1)]
             if len(modes) == 0:
-                break  # the uncovered points form no new mode
+                if len(centres):
+                    break  # the uncovered points form no new mode
+                modes = sample.mean(0, keepdim=True)  # every mode below min_support
+            _assign(modes, len(centres), points_t, points_sq, metric, labels, closest)
             centres = torch.cat([centres, modes])
-            labels, dist = _nearest(pts, centres, metric)
+        if return_distances:
+            dist = _lengths(pts - centres[labels], metric)
+            dist = dist if metric == "l1" else dist.sqrt()
     labels_np, centres_np = labels.cpu().numpy(), centres.cpu().numpy()
     if return_distances:
         return labels_np, centres_np, dist.cpu().numpy()
@@ -327,12 +413,28 @@ def embeddings_to_labels(
         dist = np.linalg.norm(pts - centres[labels], axis=1) if len(pts) else np.zeros(0)
     else:
         raise ValueError(f"unknown clusterer {clusterer!r}; use 'torch' or 'sklearn'")
-    out = np.zeros(h * w, dtype=np.int64)
-    out[mask.ravel()] = labels + 1
-    if fg is None and len(labels):
-        background = np.bincount(labels).argmax() + 1
-        out[out == background] = 0
-    closeness = np.zeros(h * w, dtype=np.float64)
-    closeness[mask.ravel()] = np.clip(1.0 - np.asarray(dist, np.float64) / bandwidth, 0.0, 1.0)
-    final = remove_small(out.reshape(h, w), min_area)
-    return Prediction(final, label_means(final, closeness))
+    return _instances(np.asarray(labels), np.asarray(dist, np.float64), mask, bandwidth,
+                      min_area, background=fg is None)
+
+
+def _instances(
+    clusters: np.ndarray, dist: np.ndarray, mask: np.ndarray, bandwidth: float,
+    min_area: int, background: bool,
+) -> Prediction:
+    """The label image and scores from the cluster of each masked pixel and its distance
+    to the cluster's mode: with ``background`` the largest cluster is background;
+    clusters below ``min_area`` pixels are dropped; the others become 1..n in the order
+    of their cluster ids (what :func:`remove_small` gives), through one lookup table."""
+    n_clusters = int(clusters.max(initial=-1)) + 1
+    areas = np.bincount(clusters, minlength=n_clusters)
+    kept = areas >= max(min_area, 1)
+    if background and len(clusters):
+        kept[areas.argmax()] = False
+    ids = np.zeros(n_clusters, dtype=np.int64)
+    ids[kept] = np.arange(1, int(kept.sum()) + 1)
+    closeness = np.clip(1.0 - dist / bandwidth, 0.0, 1.0)  # 1: on the mode, 0: a bandwidth away
+    scores = np.bincount(clusters, closeness, minlength=n_clusters)[kept] / areas[kept]
+    out = np.zeros(mask.size, dtype=np.int64)
+    out[mask.ravel()] = ids[clusters]
+    return Prediction(out.reshape(mask.shape),
+                      {i + 1: float(score) for i, score in enumerate(scores)})

@@ -99,8 +99,8 @@ def test_unknown_kernel_is_refused():
 
 
 def test_a_small_cluster_among_many_points_is_found_for_every_seed():
-    # 60 points among ~256k: the 4,096-point subsample misses them about 2 times in 5,
-    # so they must be found as points left uncovered by the first round's modes.
+    # 60 points among ~256k: the 1,024-point subsample misses all of them about 4 times
+    # in 5, so they must be found as points left uncovered by the first round's modes.
     rng = np.random.default_rng(7)
     centres = rng.uniform(-3, 3, (20, 8))
     big = centres[rng.integers(0, 20, 256_000)] + rng.normal(0, 0.05, (256_000, 8))
@@ -142,3 +142,24 @@ def test_objects_covering_the_whole_image_are_all_kept():
     pred = embeddings_to_labels(emb, 0.5, fg=np.ones((8, 8), bool))
     assert pred.labels.min() == 1 and pred.labels.max() == 2
     assert remove_small(np.array([[1, 1], [2, 2]]), 0).tolist() == [[1, 1], [2, 2]]
+
+
+def test_min_bin_freq_keeps_lone_points_from_seeding():
+    rng = np.random.default_rng(8)
+    a = rng.normal(0, 0.02, (300, 3))
+    b = np.array([2.0, 0, 0]) + rng.normal(0, 0.02, (300, 3))
+    lone = np.array([[0, 4.0, 0], [0, -4.0, 0], [0, 0, 4.0]])  # one point per bin
+    points = np.vstack([a, b, lone])
+    _, modes = mean_shift(points, 0.5, min_cluster=1)
+    assert len(modes) == 5  # every occupied bin seeds: each lone point is a mode
+    labels, modes = mean_shift(points, 0.5, min_bin_freq=2, rounds=1)
+    assert len(modes) == 2 and set(labels[-3:]) <= set(labels[:600])
+
+
+def test_a_point_equidistant_from_two_modes_joins_the_first():
+    # exact tie: (0, 0) is at distance 1 from both modes; the better supported is first
+    points = np.vstack([np.tile([-1.0, 0.0], (300, 1)), np.tile([1.0, 0.0], (200, 1)),
+                        [[0.0, 0.0]]])
+    labels, modes = mean_shift(points, 0.5, min_support=2)  # the lone point is no mode
+    assert np.allclose(modes, [[-1, 0], [1, 0]])
+    assert labels[-1] == labels[0] == 0 and labels[300] == 1
