@@ -471,6 +471,7 @@ class CellJob(submitit.helpers.Checkpointable):
         # outlives the call when it runs in-process (DebugExecutor, tests)
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        threads_before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         started_ms = int(time.time() * 1000)
@@ -490,6 +491,8 @@ class CellJob(submitit.helpers.Checkpointable):
                     traceback.print_exc()
             return {"status": "FAILED", "run_id": run_id, "reason": reason, "test": {},
                     "seconds": time.time() - started_ms / 1000}
+        finally:  # an in-process cell must not change the caller's thread count
+            torch.set_num_threads(threads_before)
         return {"status": "FINISHED", "run_id": result.run_id, "reason": "",
                 "test": result.test, "seconds": result.seconds, "resumed": resume}
 
