@@ -45,7 +45,7 @@ from .errors import BenchbioError, DataError
 from .inference import Predictor, predict_image
 from .instances import Prediction, as_prediction, crop_instances, is_stack
 from .method import LogFn, Method
-from .nets import divisor_of
+from .nets import divisor_of, position_origins
 from .progress import ProgressLines
 from .registry import DATASETS, METHODS
 from .runtime import device_name, resolve_device, seed_everything
@@ -114,9 +114,12 @@ def _resize(arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
 
 def augment(
     sample: Sample, crop: int, scale: tuple[float, float], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, int]]:
     """Random rescale, random ``crop x crop`` window (zero padding if smaller), random
-    left-right flip: the paper's augmentation. Returns (image, instances, fg)."""
+    left-right flip: the paper's augmentation. Returns (image, instances, fg, origin):
+    ``origin`` is the crop's top-left pixel (row, col) in the rescaled (and, when
+    flipped, mirrored) whole image, so that position maps and position-dependent
+    targets see the crop where it lies, as whole-image prediction sees it."""
     image, instances, fg = sample.image, np.asarray(sample.instances), sample.fg
     s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     h, w = image.shape[1:]
@@ -141,18 +144,20 @@ def augment(
     image = image[(slice(None), *sl)]
     instances = crop_instances(instances, sl)
     fg = fg[sl] if fg is not None else None
-    if rng.random() < 0.5:
+    if rng.random() < 0.5:  # = mirror the whole image, then take the mirrored window
         image, instances = image[..., ::-1], instances[..., ::-1]
         fg = fg[..., ::-1] if fg is not None else None
+        x0 = w - x0 - crop
     return np.ascontiguousarray(image), np.ascontiguousarray(instances), (
         np.ascontiguousarray(fg) if fg is not None else None
-    )
+    ), (y0, x0)
 
 
 class CropDataset(Dataset):
     """One random augmented crop of each training image per epoch, with the method's
-    targets. Randomness comes from (seed, epoch, index), so runs are reproducible
-    whatever the number of loader workers."""
+    targets at the crop's position (``origin``, also in the item, for the network's
+    position maps). Randomness comes from (seed, epoch, index), so runs are
+    reproducible whatever the number of loader workers."""
 
     def __init__(
         self, samples: Sequence[Sample], method: Method, crop: int, scale: tuple[float, float],
@@ -171,10 +176,11 @@ class CropDataset(Dataset):
         sample = self.samples[index]
         if sample.crowd is not None:
             sample = dataclasses.replace(sample, instances=sample.objects(), crowd=None)
-        image, instances, fg = augment(sample, self.crop, self.scale, rng)
-        targets = self.method.targets(instances, fg if self.use_fg else None)
-        return {"image": torch.from_numpy(image), **{k: torch.from_numpy(np.asarray(v))
-                                                      for k, v in targets.items()}}
+        image, instances, fg, origin = augment(sample, self.crop, self.scale, rng)
+        targets = self.method.targets(instances, fg if self.use_fg else None, origin=origin)
+        return {"image": torch.from_numpy(image),
+                "origin": torch.tensor(origin, dtype=torch.float32),
+                **{k: torch.from_numpy(np.asarray(v)) for k, v in targets.items()}}
 
 
 # ---------------------------------------------------------------------------- inference
@@ -323,9 +329,10 @@ class Trainer:
         """One optimiser step on one batch; returns its loss."""
         state, device = self.state, self.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        image = batch.pop("image")
+        image, origins = batch.pop("image"), batch.pop("origin")
         state.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with position_origins(state.model, origins), torch.autocast(
+                device.type, enabled=device.type == "cuda"):
             output = state.model(image)
         loss = self.method.loss(output.float(), batch)
         if not torch.isfinite(loss):
