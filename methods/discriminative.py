@@ -57,7 +57,8 @@ class DiscriminativeOptions(MethodOptions):
             its whole cluster and no pixel of another once the hinges are satisfied.
         position: "none" (plain U-Net) or "sinconv" (decoder sees the searched guides).
         n_guides, eps, guide_family, guide_band, freq_range, guide_file, search,
-            search_metric, search_background, search_steps, search_lr: harmonic's guides
+            search_metric, search_background, search_margin, search_steps, search_lr:
+            harmonic's guides
             and their search (SinConv only), with harmonic's defaults.
         kernel_size: kernel of the decoder's first convolutions (authors' U-Net: 7).
         clusterer: "torch" (vectorised mean-shift) or "sklearn".
@@ -81,6 +82,7 @@ class DiscriminativeOptions(MethodOptions):
     search: bool = HarmonicOptions.search
     search_metric: Literal["l2", "l1", "sql2"] = HarmonicOptions.search_metric
     search_background: bool = HarmonicOptions.search_background
+    search_margin: float | None = HarmonicOptions.search_margin
     search_steps: int = HarmonicOptions.search_steps
     search_lr: float = HarmonicOptions.search_lr
     kernel_size: int = 7
@@ -89,8 +91,8 @@ class DiscriminativeOptions(MethodOptions):
 
 #: The options that are harmonic's guides and search, passed on to it as they are.
 GUIDE_OPTIONS = ("n_guides", "eps", "guide_family", "guide_band", "freq_range", "guide_file",
-                 "search", "search_metric", "search_background", "search_steps", "search_lr",
-                 "kernel_size")
+                 "search", "search_metric", "search_background", "search_margin", "search_steps",
+                 "search_lr", "kernel_size")
 
 
 def cluster_targets(instances: np.ndarray, fg: np.ndarray | None) -> np.ndarray:

@@ -84,6 +84,8 @@ class HarmonicOptions(MethodOptions):
             paper's eq. 4) or "sql2" (the authors' code: squared L2).
         search_background: count the background as one more object in the search (the
             authors' code) or not (the paper).
+        search_margin: eq. 4's margin; None: ``eps`` (the paper: the same 0.5 as the
+            mean-shift bandwidth).
         search_steps, search_lr: SGD steps and learning rate of the guide search.
         pixel_weight: loss weight of a pixel: "uniform" (paper eq. 5) or "log_area"
             (the authors' code: 1 / log(area of its instance)).
@@ -111,6 +113,7 @@ class HarmonicOptions(MethodOptions):
     search: bool = True
     search_metric: Literal["l2", "l1", "sql2"] = "l2"
     search_background: bool = False
+    search_margin: float | None = None
     search_steps: int = 400
     search_lr: float = 10.0
     pixel_weight: str = "uniform"
@@ -202,7 +205,8 @@ class Harmonic(Method):
             h.update(str((arr.shape, arr.dtype.str)).encode())
             h.update(arr.tobytes())
         o = self.opts
-        h.update(json.dumps([o.n_guides, o.eps, o.search, o.search_metric, o.search_background,
+        h.update(json.dumps([o.n_guides, o.eps, o.search_margin, o.search, o.search_metric,
+                             o.search_background,
                              o.search_steps, o.search_lr, seed, start.to_json()]).encode())
         return h.hexdigest()[:16]
 
@@ -224,7 +228,8 @@ class Harmonic(Method):
                 _log_search(self.search, log)
             return
         self.guides, self.search = search_guides(
-            instances, n=o.n_guides, eps=o.eps, start=start, metric=o.search_metric,
+            instances, n=o.n_guides, eps=o.eps if o.search_margin is None else o.search_margin,
+            start=start, metric=o.search_metric,
             background=o.search_background, steps=o.search_steps if o.search else 0,
             lr=o.search_lr, seed=seed, log=log,
         )
