@@ -55,7 +55,8 @@ __all__ = ["HarmonicOptions", "Harmonic", "harmonic", "harmonic_targets"]
 #: Frequency ranges of the random start (radians per reference extent), per family and
 #: band. Oblique (the paper): fx and fy each uniform in the range. Axis-aligned (the
 #: authors): |frequency| uniform in the range, random sign, the other frequency 0; "full"
-#: is the authors' +-variance/2 with variance 50, "low" and "high" lie below and above it.
+#: is the authors' +-variance/2 with variance 50, "low" and "high" lie below and above it
+#: ("low" is harmonic's default start: the search raises it where objects need it).
 GUIDE_RANGES = {
     "oblique": {"full": (0.0, 50.0), "low": (0.0, 10.0), "high": (30.0, 50.0)},
     "axis": {"full": (0.0, 25.0), "low": (0.0, 5.0), "high": (25.0, 50.0)},
@@ -66,6 +67,11 @@ GUIDE_RANGES = {
 class HarmonicOptions(MethodOptions):
     """Options of the harmonic method.
 
+    Defaults chosen by measurement (docs/methods.md): an axis-aligned start with
+    |frequency| < 5 and the search in the clusterer's L2 metric with margin 1.0. The
+    paper's literal reading is ``guide_family=oblique guide_band=full search_metric=l1
+    search_margin=None``.
+
     Attributes:
         n_guides: number of guide functions = embedding size (paper: 12).
         eps: margin of the guide search and mean-shift bandwidth (paper: 0.5).
@@ -73,8 +79,9 @@ class HarmonicOptions(MethodOptions):
             or "none" (plain convolutions).
         guide_family: the random start: "axis" (the authors' code: half the guides
             along x, half along y) or "oblique" (the paper's text: fx, fy both random).
-        guide_band: the start's frequency range, ``GUIDE_RANGES[family][band]``: "full",
-            "low" or "high" (the paper's ablations).
+        guide_band: the start's frequency range, ``GUIDE_RANGES[family][band]``: "low"
+            (default: a start the search raises only as far as separation needs), "full"
+            (the authors' / the paper's start) or "high".
         freq_range: (low, high) frequency range of the start, overriding ``guide_band``.
         guide_file: start from a fixed guide set instead: a JSON file (a run's
             ``method/guides.json``) or a released set ("authors-cvppp",
@@ -84,8 +91,8 @@ class HarmonicOptions(MethodOptions):
             paper's eq. 4) or "sql2" (the authors' code: squared L2).
         search_background: count the background as one more object in the search (the
             authors' code) or not (the paper).
-        search_margin: eq. 4's margin; None: ``eps`` (the paper: the same 0.5 as the
-            mean-shift bandwidth).
+        search_margin: eq. 4's margin (default 1.0, twice the bandwidth); None: ``eps``
+            (the paper's reading: the same 0.5 as the mean-shift bandwidth).
         search_steps, search_lr: SGD steps and learning rate of the guide search.
         pixel_weight: loss weight of a pixel: "uniform" (paper eq. 5) or "log_area"
             (the authors' code: 1 / log(area of its instance)).
@@ -113,10 +120,10 @@ class HarmonicOptions(MethodOptions):
     search: bool = True
     search_metric: Literal["l2", "l1", "sql2"] = "l2"
     search_background: bool = False
-    search_margin: float | None = None
+    search_margin: float | None = 1.0
     search_steps: int = 400
     search_lr: float = 10.0
-    pixel_weight: str = "uniform"
+    pixel_weight: Literal["uniform", "log_area"] = "uniform"
     kernel_size: int = 7
     sinconv_norm: bool = True
     decoder: Literal["mirror", "authors"] = "mirror"
