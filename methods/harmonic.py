@@ -188,6 +188,8 @@ class Harmonic(Method):
                 len(o.freq_range) == 2 and 0 <= o.freq_range[0] <= o.freq_range[1]):
             raise BenchbioError(f"freq_range={o.freq_range!r}: give (low, high) with "
                                 "0 <= low <= high, in radians per image extent")
+        if o.guide_file:  # a missing or malformed file fails before any training
+            load_guide_set(o.guide_file, o.n_guides)
         self.guides: Guides | None = None
         self.search: dict[str, float] = {}
         self._maps: GuideMaps | None = None
