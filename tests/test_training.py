@@ -250,3 +250,12 @@ def test_nan_loss_marks_run_failed_with_reason():
     r = mlflow.search_runs(experiment_names=["synthetic-cells"], output_format="list")[0]
     assert r.info.status == "FAILED"
     assert "loss became nan" in r.data.tags["failure_reason"]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS.names()))
+def test_every_method_takes_the_crops_origin(name):
+    # CropDataset calls targets(instances, fg, origin=...) for every method.
+    import inspect
+
+    method = METHODS.create(name)
+    assert "origin" in inspect.signature(method.targets).parameters
