@@ -25,6 +25,7 @@ from torch.optim.lr_scheduler import (
     OneCycleLR,
 )
 
+from .acceleration import Acceleration, resolve_acceleration
 from .checkpoint import rng_state, set_rng_state
 from .errors import BenchbioError
 from .method import Method
@@ -91,8 +92,14 @@ class TrainState:
         self, method: Method, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         scheduler: LRScheduler, scaler: torch.amp.GradScaler, order_generator: torch.Generator,
         progress: Progress | None = None, started: float | None = None,
+        accel: Acceleration | None = None, forward: torch.nn.Module | None = None,
     ) -> None:
         self.method, self.model, self.optimizer = method, model, optimizer
+        # how the model runs (not state: a resumed run may run differently); ``forward`` is
+        # what the training step calls (the model, or its torch.compile wrapper)
+        self.accel = accel or resolve_acceleration(next(model.parameters()).device, amp="off",
+                                                   channels_last="off")
+        self.forward = forward if forward is not None else model
         self.scheduler, self.scaler, self.order_generator = scheduler, scaler, order_generator
         self.progress = progress or Progress()
         self.started = time.time() if started is None else started  # this attempt's start
@@ -101,16 +108,21 @@ class TrainState:
     def create(
         cls, method: Method, in_channels: int, device: torch.device, *, lr: float,
         schedule: str, total_steps: int, seed: int, started: float | None = None,
+        accel: Acceleration | None = None,
     ) -> TrainState:
-        """A fresh state: the method's network on ``device``, Adam at ``lr``, the schedule
-        over ``total_steps`` batches, a scaler (active on CUDA), the order generator
-        seeded with ``seed``; ``started``: when this attempt began (default now)."""
-        model = method.build_model(in_channels).to(device)
+        """A fresh state: the method's network on ``device`` (prepared by ``accel``, the
+        run's device options; default: ``device``'s defaults), Adam at ``lr``, the
+        schedule over ``total_steps`` batches, a gradient scaler (active for fp16 AMP),
+        the order generator seeded with ``seed``; ``started``: when this attempt began
+        (default now)."""
+        accel = accel or resolve_acceleration(device)
+        model, forward = accel.prepare_model(method.build_model(in_channels))
         order_generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         scheduler = make_scheduler(optimizer, schedule, total_steps)
-        scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
-        return cls(method, model, optimizer, scheduler, scaler, order_generator, started=started)
+        scaler = accel.grad_scaler()
+        return cls(method, model, optimizer, scheduler, scaler, order_generator, started=started,
+                   accel=accel, forward=forward)
 
     @property
     def elapsed(self) -> float:

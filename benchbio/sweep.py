@@ -61,8 +61,9 @@ __all__ = [
 
 #: RunConfig fields left out of the config hash: they do not change a cell's figures.
 #: ``device`` too: a cell finished on one machine is not re-run on another (the device it
-#: ran on is a tag, and the report lists it).
-NOT_HASHED = ("experiment", "workers", "data_dir", "device")
+#: ran on is a tag, and the report lists it); likewise how it used the device (AMP,
+#: channels-last, compile: ``accel.*`` tags).
+NOT_HASHED = ("experiment", "workers", "data_dir", "device", "amp", "channels_last", "compile")
 
 #: Harness options a spec's ``[run]`` tables may set: every RunConfig field but those
 #: the grid or the study sets (``benchbio run``'s flags, with underscores).

@@ -82,10 +82,11 @@ def _training_throughput(predictor, samples, crop: int, batch: int, steps: int, 
     from torch.utils.data import DataLoader
 
     from benchbio.nets import position_origins
-    from benchbio.training import CropDataset
+    from benchbio.training import CropDataset, collate_crops
 
     crops = CropDataset(samples, predictor.method, crop, (0.8, 1.25), 0, fg)
-    loader = DataLoader(crops, batch_size=min(batch, len(crops)), shuffle=True, drop_last=True)
+    loader = DataLoader(crops, batch_size=min(batch, len(crops)), shuffle=True, drop_last=True,
+                        collate_fn=collate_crops)
     model = copy.deepcopy(predictor.model).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     device = predictor.device

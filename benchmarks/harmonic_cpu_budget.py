@@ -33,11 +33,12 @@ from skimage.segmentation import find_boundaries
 from torch.utils.data import DataLoader
 
 from benchbio.cluster import embeddings_to_labels
+from benchbio.methods.harmonic import harmonic_targets
 from benchbio.nets import position_origins
 from benchbio.options import parse_assignments
 from benchbio.registry import DATASETS, METHODS
 from benchbio.runtime import seed_everything
-from benchbio.training import CropDataset, evaluate_samples
+from benchbio.training import CropDataset, collate_crops, evaluate_samples
 
 
 def _options(pairs: list[str]) -> dict:
@@ -69,6 +70,7 @@ def train(a: argparse.Namespace) -> dict:
     model = m.build_model(1)
     crops = CropDataset(train_samples, m, a.crop, (0.8, 1.25), a.seed, False)
     loader = DataLoader(crops, batch_size=a.bs, shuffle=True, drop_last=True,
+                        collate_fn=collate_crops,
                         generator=torch.Generator().manual_seed(a.seed))
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     sched = None
@@ -111,7 +113,8 @@ def train(a: argparse.Namespace) -> dict:
     curve[a.steps] = _sbd(model, m, val, ds)
     errs: dict[str, list[float]] = {"interior": [], "boundary": [], "background": []}
     for out, s in zip(outs, test):
-        err = np.abs(out.numpy() - m.targets(s.instances, None)["embedding"]).mean(0)
+        target = harmonic_targets(m.guides, s.instances, None)["embedding"]
+        err = np.abs(out.numpy() - target).mean(0)
         fg = s.instances > 0
         edge = ndi.binary_dilation(find_boundaries(s.instances), iterations=1)
         errs["interior"].append(err[fg & ~edge].mean())
@@ -128,7 +131,7 @@ def noise(a: argparse.Namespace) -> list[dict]:
     m = METHODS.create("harmonic")
     m.fit(list(ds.split("train")), seed=a.seed)
     test = list(ds.split("test"))[: a.images]
-    targets = [m.targets(s.instances, None)["embedding"] for s in test]
+    targets = [harmonic_targets(m.guides, s.instances, None)["embedding"] for s in test]
     rng = np.random.default_rng(a.seed)
     rows = []
     for smooth in (0, 2):
@@ -159,12 +162,13 @@ def steptime(a: argparse.Namespace) -> dict:
     m.fit(train_samples, seed=a.seed)
     crops = CropDataset(train_samples, m, a.crop, (0.8, 1.25), a.seed, False)
     t0 = time.perf_counter()
-    batches = list(DataLoader(crops, batch_size=a.bs, drop_last=True))
+    batches = list(DataLoader(crops, batch_size=a.bs, drop_last=True,
+                              collate_fn=collate_crops))
     result: dict = {"batch_s": round((time.perf_counter() - t0) / len(batches), 4)}
     for layout in ("contiguous", "channels_last"):
         model = m.build_model(1)
         image = batches[0]["image"]
-        targets = {k: v for k, v in batches[0].items() if k != "image"}
+        targets = {k: v for k, v in batches[0].items() if k not in ("image", "origin")}
         if layout == "channels_last":
             model = model.to(memory_format=torch.channels_last)
             image = image.contiguous(memory_format=torch.channels_last)

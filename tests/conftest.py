@@ -92,8 +92,11 @@ def train_steps(method, images, instances, steps: int = 10, fg=None) -> list[flo
 
     model = method.build_model(images[0].shape[0])
     x = torch.from_numpy(np.stack(images))
+    from benchbio.training import collate_crops
+
     per_crop = [method.targets(inst, fg) for inst in instances]
-    targets = {k: torch.from_numpy(np.stack([d[k] for d in per_crop])) for k in per_crop[0]}
+    targets = collate_crops([{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()}
+                             for d in per_crop])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(steps):

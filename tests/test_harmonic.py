@@ -120,8 +120,9 @@ def test_oracle_targets_recover_instances(cells):
     method = benchbio.create_method("harmonic", search_steps=200, cluster_metric="l1")
     method.fit(train, seed=0)
     preds = [
-        method.postprocess(torch.from_numpy(method.targets(s.instances, None)["embedding"]),
-                           None, 20)
+        method.postprocess(
+            torch.from_numpy(harmonic_targets(method.guides, s.instances, None)["embedding"]),
+            None, 20)
         for s in test
     ]
     sbd = evaluate(preds, [s.instances for s in test], ["sbd"]).mean["sbd"]

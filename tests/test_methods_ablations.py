@@ -12,7 +12,7 @@ from benchbio.data import Sample
 from benchbio.datasets.synthetic import make_cells
 from benchbio.evaluation import evaluate
 from benchbio.guides import Guides
-from benchbio.methods.harmonic import GUIDE_RANGES, Harmonic
+from benchbio.methods.harmonic import GUIDE_RANGES, Harmonic, harmonic_targets
 
 ABLATIONS = {  # name: the options it changes
     "harmonic-coordconv": {"position": "coordconv"},
@@ -113,7 +113,8 @@ def test_oracle_recovers_instances(name):
     method.load_state({"guides": separating_guides(64).to_json(), "search": {}})
     labels = [make_cells(seed, size=64)[1] for seed in range(2)]
     preds = [
-        method.postprocess(torch.from_numpy(method.targets(g, None)["embedding"]), None, 5)
+        method.postprocess(torch.from_numpy(harmonic_targets(method.guides, g, None)["embedding"]),
+                           None, 5)
         for g in labels
     ]
     assert evaluate(preds, labels, ["sbd"]).mean["sbd"] >= 0.99

@@ -134,6 +134,7 @@ def test_config_hash_is_of_the_resolved_config():
         dataclasses.replace(base, method_options={"n_guides": 12}),  # the default, spelled out
         dataclasses.replace(base, dataset_options={"n_train": 48}),
         dataclasses.replace(base, experiment="other", workers=2, device="cpu", data_dir="/x"),
+        dataclasses.replace(base, amp="bf16", channels_last="on", compile=True),  # how it ran
         dataclasses.replace(base, lr=1e-4 * 1.0),
     ]
     differ = [

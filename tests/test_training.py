@@ -101,7 +101,7 @@ def test_the_command_line_defaults_are_run_config_defaults():
 
     defaults = {p.name: p.default for p in command.params}
     for name in ("epochs", "batch_size", "lr", "lr_schedule", "crop_size", "seed", "device",
-                 "val_every", "workers"):
+                 "val_every", "workers", "amp", "channels_last", "compile"):
         assert defaults[name] == getattr(RunConfig("m", "d"), name), name
     schedule = next(p for p in command.params if p.name == "lr_schedule")
     assert list(schedule.type.choices) == list(LR_SCHEDULES)
@@ -159,7 +159,8 @@ def test_crop_targets_are_the_whole_image_targets_at_the_crop():
     # image: the crop's targets use the guide maps at the crop's true position.
     from benchbio.data import Sample
     from benchbio.guides import Guides
-    from benchbio.training import CropDataset
+    from benchbio.methods.harmonic import expand_targets, harmonic_targets
+    from benchbio.training import CropDataset, collate_crops
 
     labels = np.zeros((48, 48), int)
     labels[20:28, 18:30] = 1
@@ -173,14 +174,15 @@ def test_crop_targets_are_the_whole_image_targets_at_the_crop():
     for epoch in range(8):
         crops.epoch = epoch
         item = crops[0]
+        dense = expand_targets(collate_crops([item]))["embedding"][0]
         y0, x0 = (int(v) for v in item["origin"])
         flipped = bool(item["image"][0, 0, 0] > item["image"][0, 0, 1])
         whole = labels[:, ::-1] if flipped else labels
         inside = whole[y0:y0 + 32, x0:x0 + 32] > 0
         if inside.sum() == labels.sum():  # the object lies wholly in the crop
-            expected = method.targets(whole, None)["embedding"][:, y0:y0 + 32, x0:x0 + 32]
-            assert np.allclose(item["embedding"].numpy()[:, inside], expected[:, inside],
-                               atol=1e-5)
+            expected = harmonic_targets(method.guides, whole, None)["embedding"]
+            expected = expected[:, y0:y0 + 32, x0:x0 + 32]
+            assert np.allclose(dense.numpy()[:, inside], expected[:, inside], atol=1e-5)
             checked += 1
     assert checked
 
@@ -188,10 +190,11 @@ def test_crop_targets_are_the_whole_image_targets_at_the_crop():
 def test_training_places_position_maps_at_each_crops_origin(monkeypatch, tmp_path):
     import contextlib
 
+    import benchbio.acceleration as acceleration
     import benchbio.training as training
 
     seen = []
-    real = training.position_origins
+    real = acceleration.position_origins
 
     @contextlib.contextmanager
     def recording(model, origins):
@@ -199,7 +202,7 @@ def test_training_places_position_maps_at_each_crops_origin(monkeypatch, tmp_pat
         with real(model, origins):
             yield
 
-    monkeypatch.setattr(training, "position_origins", recording)
+    monkeypatch.setattr(acceleration, "position_origins", recording)
     monkeypatch.setenv("BENCHBIO_CACHE", str(tmp_path))
     config = tiny_config()
     config.crop_size = 16
@@ -207,6 +210,59 @@ def test_training_places_position_maps_at_each_crops_origin(monkeypatch, tmp_pat
     training.train(config, method, dataset, tmp_path)
     assert seen and all(o.shape == (2, 2) for o in seen)
     assert any((o > 0).any() for o in seen)  # 16 px crops of 32 px images move
+
+
+def _figures(config: RunConfig, tmp_path) -> list[tuple[str, float, int]]:
+    from benchbio.registry import DATASETS
+    from benchbio.training import train
+
+    figures = []
+    dataset = DATASETS.create(config.dataset, **config.dataset_options)
+    method = METHODS.create(config.method, **config.method_options)
+    train(config, method, dataset, tmp_path, lambda k, v, s: figures.append((k, v, s)))
+    return figures
+
+
+def test_persistent_workers_see_each_epoch(tmp_path):
+    """Loader workers live for the whole run; each epoch's crops still reach them (keys
+    carry the epoch), so the figures equal those of the main-process loader."""
+    config = dataclasses.replace(tiny_config(), epochs=3, crop_size=24)
+    inline = _figures(config, tmp_path / "a")
+    workers = _figures(dataclasses.replace(config, workers=2), tmp_path / "b")
+
+    def epochs(figures):  # the second run finds the guide search cached
+        return [f for f in figures if not f[0].startswith("guide")]
+
+    assert [k for k, *_ in epochs(inline)].count("train_loss") == 3
+    assert epochs(workers) == epochs(inline)
+
+
+def test_bf16_autocast_and_channels_last_on_cpu_are_logged(tmp_path):
+    result = run(dataclasses.replace(tiny_config(), epochs=1, amp="bf16", channels_last="on"))
+    r = mlflow.get_run(result.run_id)
+    assert r.data.params["amp"] == "bf16" and r.data.params["channels_last"] == "on"
+    assert r.data.params["compile"] == "False"
+    assert r.data.tags["accel.amp_dtype"] == "bfloat16"
+    assert r.data.tags["accel.channels_last"] == "True"
+    assert r.data.tags["accel.pin_memory"] == "False"
+    assert np.isfinite(r.data.metrics["train_loss"])
+
+
+def test_cpu_defaults_log_plain_float32():
+    result = run(dataclasses.replace(tiny_config(), epochs=1))
+    tags = mlflow.get_run(result.run_id).data.tags
+    assert tags["accel.amp_dtype"] == "float32" and tags["accel.channels_last"] == "False"
+    assert tags["accel.grad_scaler"] == "False" and tags["accel.compile"] == "False"
+
+
+def test_fp16_or_a_bad_amp_on_cpu_is_exit_2():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(main, tiny_args() + ["--device", "cpu", "--amp", "fp16"])
+    assert result.exit_code == 2
+    assert "--amp fp16 needs a CUDA device" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, tiny_args() + ["--amp", "half"])
+    assert result.exit_code == 2 and "half" in result.output
 
 
 def test_cuda_asked_without_gpu_is_exit_2():

@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from ..acceleration import AMP_MODES, SWITCH_MODES
 from ..errors import BenchbioError
 from ..options import parse_assignments
 from ..state import LR_SCHEDULES
@@ -21,7 +22,8 @@ _DEFAULT = {f.name: f.default for f in dataclasses.fields(RunConfig)
 _FIELDS = {"method": "method", "dataset": "dataset", "epochs": "epochs",
            "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule",
            "crop_size": "crop_size", "seed": "seed", "device": "device", "data_dir": "data_dir",
-           "experiment": "experiment", "val_every": "val_every", "workers": "workers"}
+           "experiment": "experiment", "val_every": "val_every", "workers": "workers",
+           "amp": "amp", "channels_last": "channels_last", "compile": "compile"}
 
 
 @click.command("run")
@@ -47,7 +49,16 @@ _FIELDS = {"method": "method", "dataset": "dataset", "epochs": "epochs",
 @click.option("--val-every", type=int, default=_DEFAULT["val_every"], show_default=True,
               help="Validate every N epochs (always after the last).")
 @click.option("--workers", type=int, default=_DEFAULT["workers"], show_default=True,
-              help="Data loader workers.")
+              help="Data loader workers (kept alive for the whole run).")
+@click.option("--amp", default=_DEFAULT["amp"], show_default=True,
+              type=click.Choice(list(AMP_MODES)),
+              help="Mixed precision: auto = bf16 on a GPU that has it, else fp16 with a "
+                   "gradient scaler; off on the CPU.")
+@click.option("--channels-last", default=_DEFAULT["channels_last"], show_default=True,
+              type=click.Choice(list(SWITCH_MODES)),
+              help="Channels-last memory format (auto: on a GPU).")
+@click.option("--compile/--no-compile", "compile", default=_DEFAULT["compile"],
+              show_default=True, help="torch.compile the network's training forward pass.")
 @click.option("--set", "method_sets", multiple=True, metavar="KEY=VALUE",
               help="Method option, e.g. --set n_guides=12 (repeatable).")
 @click.option("--data-opt", "data_sets", multiple=True, metavar="KEY=VALUE",
@@ -62,8 +73,8 @@ _FIELDS = {"method": "method", "dataset": "dataset", "epochs": "epochs",
 @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
 @click.pass_context
 def command(ctx, method, dataset, epochs, batch_size, lr, lr_schedule, crop_size, seed, device,
-            data_dir, experiment, val_every, workers, method_sets, data_sets, resume,
-            checkpoint_dir, no_track) -> None:
+            data_dir, experiment, val_every, workers, amp, channels_last, compile, method_sets,
+            data_sets, resume, checkpoint_dir, no_track) -> None:
     """Train METHOD on DATASET, keep the best validation checkpoint, score the test split.
 
     A checkpoint is saved after every epoch; SIGINT/SIGTERM save one at the next batch
@@ -96,6 +107,7 @@ def command(ctx, method, dataset, epochs, batch_size, lr, lr_schedule, crop_size
             method=method, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
             lr_schedule=lr_schedule, crop_size=crop_size, seed=seed, device=device,
             data_dir=data_dir, experiment=experiment, val_every=val_every, workers=workers,
+            amp=amp, channels_last=channels_last, compile=compile,
             method_options=parse_assignments(method_sets, "--set"),
             dataset_options=parse_assignments(data_sets, "--data-opt"),
         )
