@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import BenchbioError
+from .nets import position_origins
 
 __all__ = [
     "AMP_MODES",
@@ -147,11 +148,12 @@ def forward_loss(
     method: Any, forward: torch.nn.Module, batch: dict[str, torch.Tensor],
     accel: Acceleration,
 ) -> torch.Tensor:
-    """The method's loss of one device batch (``image`` plus its targets), the network
-    run under the run's autocast and the loss computed in float32."""
+    """The method's loss of one device batch (``image``, the crops' ``origin`` if given,
+    plus its targets), the network run under the run's autocast with its position maps
+    placed at each crop's origin, and the loss computed in float32."""
     targets = dict(batch)
-    image = targets.pop("image")
-    with accel.autocast():
+    image, origins = targets.pop("image"), targets.pop("origin", None)
+    with position_origins(forward, origins), accel.autocast():
         output = forward(image)
     return method.loss(output.float(), targets)
 

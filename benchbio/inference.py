@@ -22,10 +22,9 @@ outputs encode absolute position (harmonic) have no such map and refuse it.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from tqdm.auto import tqdm
 from .errors import BenchbioError, DataError
 from .instances import Prediction, as_prediction
 from .method import Method
-from .nets import PositionMaps, divisor_of, pad_to_divisor
+from .nets import divisor_of, pad_to_divisor, position_origins
 from .progress import ProgressLines
 from .registry import METHODS
 from .runtime import resolve_device
@@ -162,21 +161,6 @@ def load_run(
 
 
 # ---------------------------------------------------------------------------- tiling
-@contextlib.contextmanager
-def position_origins(model: torch.nn.Module, origins: torch.Tensor | None) -> Iterator[None]:
-    """Within the block, every position-map module of ``model`` places batch item ``i``
-    at whole-image pixel ``origins[i]`` (row, col)."""
-    modules = [m for m in model.modules() if isinstance(m, PositionMaps)]
-    saved = [m.origins for m in modules]
-    for m in modules:
-        m.origins = origins
-    try:
-        yield
-    finally:
-        for m, old in zip(modules, saved):
-            m.origins = old
-
-
 def window_starts(size: int, window: int, overlap: int, divisor: int) -> list[int]:
     """Starts of ``window``-pixel windows covering ``size`` pixels, consecutive windows
     overlapping by at least ``overlap``; starts are multiples of ``divisor`` (``size`` and

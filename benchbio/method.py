@@ -121,11 +121,16 @@ class Method:
         """The network: ``(B, in_channels, H, W)`` -> ``(B, C_out, H, W)``."""
         raise NotImplementedError
 
-    def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
+    def targets(
+        self, instances: np.ndarray, fg: np.ndarray | None, origin: tuple[int, int] = (0, 0)
+    ) -> dict[str, np.ndarray]:
         """Training targets for one (augmented) crop, as arrays the loader stacks.
 
         ``instances`` is a label image or mask stack of the crop (lowest label =
-        background); ``fg`` the protocol's foreground mask or None.
+        background); ``fg`` the protocol's foreground mask or None; ``origin`` the
+        crop's top-left pixel (row, col) in its whole image, where the network's
+        position maps place it (:func:`benchbio.nets.position_origins`): targets that
+        depend on absolute position (harmonic's guides) use it, others ignore it.
         """
         raise NotImplementedError
 

@@ -12,6 +12,9 @@ offline without pretrained weights unless a local weights file is given.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +22,12 @@ from torch import nn
 from .errors import BenchbioError
 
 __all__ = ["PositionMaps", "CoordMaps", "AugmentedConv", "UNet", "build_unet", "pixel_centres",
-           "divisor_of", "pad_to_divisor"]
+           "divisor_of", "pad_to_divisor", "position_origins", "DECODERS"]
+
+#: Decoder widths of the plain U-Net, from the deepest block up, for first-level width w:
+#: "mirror" mirrors the encoder (8w, 4w, 2w, w); "authors" is the authors'
+#: ``models/unet.py`` (4w, 2w, w, w: 256-128-64-64 at w = 64).
+DECODERS = {"mirror": (8, 4, 2, 1), "authors": (4, 2, 1, 1)}
 
 
 def divisor_of(model: nn.Module) -> int:
@@ -77,6 +85,27 @@ class PositionMaps(nn.Module):
         """``(channels, height, width)`` maps for a feature map downsampled by ``stride``;
         ``(B, channels, height, width)`` when :attr:`origins` is set."""
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def position_origins(
+    model: nn.Module, origins: torch.Tensor | Sequence[Sequence[float]] | None
+) -> Iterator[None]:
+    """Within the block, every position-map module of ``model`` places batch item ``i``
+    at whole-image pixel ``origins[i]`` (row, col): a tile of tiled inference, or a
+    training crop at its position in its (augmented) image. Models without position
+    maps are unaffected."""
+    if origins is not None and not isinstance(origins, torch.Tensor):
+        origins = torch.as_tensor(origins, dtype=torch.float32)
+    modules = [m for m in model.modules() if isinstance(m, PositionMaps)]
+    saved = [m.origins for m in modules]
+    for m in modules:
+        m.origins = origins
+    try:
+        yield
+    finally:
+        for m, old in zip(modules, saved):
+            m.origins = old
 
 
 class CoordMaps(PositionMaps):
@@ -197,6 +226,7 @@ class UNet(nn.Module):
         decoder_channels: tuple[int, ...],
         position: PositionMaps | None = None,
         kernel_size: int = 7,
+        position_norm: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -212,10 +242,11 @@ class UNet(nn.Module):
             skip = enc[-2 - i]
             stride = 2 ** (n_up - 1 - i)
             out = decoder_channels[i]
-            self.augmented.append(AugmentedConv(prev + skip, out, kernel_size, position, stride))
+            self.augmented.append(AugmentedConv(prev + skip, out, kernel_size, position, stride,
+                                                norm=position_norm))
             self.blocks.append(_double_conv(out, out))
             prev = out
-        self.head_conv = AugmentedConv(prev, prev, kernel_size, position, 1)
+        self.head_conv = AugmentedConv(prev, prev, kernel_size, position, 1, norm=position_norm)
         self.head = nn.Conv2d(prev, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,20 +271,30 @@ def build_unet(
     position: PositionMaps | None = None,
     encoder_weights: str | None = None,
     kernel_size: int = 7,
+    decoder: str = "mirror",
+    position_norm: bool = True,
 ) -> UNet:
     """The paper's U-Net (``encoder="unet"``) or a U-Net decoder on an smp encoder.
 
-    ``width`` sets the plain encoder's first level (64 in the paper); the decoder mirrors
-    the encoder. For smp encoders the decoder uses widths 256, 128, 64, 32, 16 scaled by
-    ``width / 64``.
+    ``width`` sets the plain encoder's first level (64 in the paper); the decoder widths
+    are :data:`DECODERS` ``[decoder]`` times ``width`` (plain encoder only). For smp
+    encoders the decoder uses widths 256, 128, 64, 32, 16 scaled by ``width / 64``.
+    ``position_norm``: BatchNorm and ReLU after each position-augmented convolution
+    (benchbio's default), or a bare convolution (the authors' SinConv).
     """
+    if decoder not in DECODERS:
+        raise BenchbioError(f"decoder={decoder!r}: use {' or '.join(DECODERS)}")
     if encoder == "unet":
         widths = (width, 2 * width, 4 * width, 8 * width, 8 * width)
         enc: nn.Module = PlainEncoder(in_channels, widths)
-        decoder = tuple(reversed(widths[:-1]))
+        decoder_widths = tuple(f * width for f in DECODERS[decoder])
     else:
+        if decoder != "mirror":
+            raise BenchbioError(f"decoder={decoder!r} is for the plain U-Net encoder; "
+                                "use decoder=mirror with an smp encoder")
         enc = SmpEncoder(encoder, in_channels, encoder_weights)
         scale = width / 64
-        decoder = tuple(max(8, int(c * scale)) for c in (256, 128, 64, 32, 16))
-        decoder = decoder[: len(enc.out_channels) - 1]
-    return UNet(enc, out_channels, decoder, position=position, kernel_size=kernel_size)
+        decoder_widths = tuple(max(8, int(c * scale)) for c in (256, 128, 64, 32, 16))
+        decoder_widths = decoder_widths[: len(enc.out_channels) - 1]
+    return UNet(enc, out_channels, decoder_widths, position=position, kernel_size=kernel_size,
+                position_norm=position_norm)

@@ -150,9 +150,12 @@ def _gather(arr: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 def augment(
     sample: Sample, crop: int, scale: tuple[float, float], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, int]]:
     """Random rescale, random ``crop x crop`` window (zero padding if smaller), random
-    left-right flip: the paper's augmentation. Returns (image, instances, fg).
+    left-right flip: the paper's augmentation. Returns (image, instances, fg, origin):
+    ``origin`` is the crop's top-left pixel (row, col) in the rescaled (and, when
+    flipped, mirrored) whole image, so that position maps and position-dependent
+    targets see the crop where it lies, as whole-image prediction sees it.
 
     The image is resized bilinearly; masks and labels take the window's pixels of a
     ``nearest-exact`` resize directly (the source index of every window pixel), the same
@@ -177,18 +180,20 @@ def augment(
     if is_stack(instances):
         instances = instances[instances.any(axis=(1, 2))]
     fg = _gather(np.asarray(fg), rows, cols) if fg is not None else None
-    if rng.random() < 0.5:
+    if rng.random() < 0.5:  # = mirror the whole image, then take the mirrored window
         image, instances = image[..., ::-1], instances[..., ::-1]
         fg = fg[..., ::-1] if fg is not None else None
+        x0 = w + pw - x0 - crop
     return np.ascontiguousarray(image), np.ascontiguousarray(instances), (
         np.ascontiguousarray(fg) if fg is not None else None
-    )
+    ), (y0, x0)
 
 
 class CropDataset(Dataset):
     """One random augmented crop of each training image per epoch, with the method's
-    targets. Randomness comes from (seed, epoch, index), so runs are reproducible
-    whatever the number of loader workers."""
+    targets at the crop's position (``origin``, also in the item, for the network's
+    position maps). Randomness comes from (seed, epoch, index), so runs are
+    reproducible whatever the number of loader workers."""
 
     def __init__(
         self, samples: Sequence[Sample], method: Method, crop: int, scale: tuple[float, float],
@@ -211,10 +216,11 @@ class CropDataset(Dataset):
         sample = self.samples[index]
         if sample.crowd is not None:
             sample = dataclasses.replace(sample, instances=sample.objects(), crowd=None)
-        image, instances, fg = augment(sample, self.crop, self.scale, rng)
-        targets = self.method.targets(instances, fg if self.use_fg else None)
-        return {"image": torch.from_numpy(image), **{k: torch.from_numpy(np.asarray(v))
-                                                      for k, v in targets.items()}}
+        image, instances, fg, origin = augment(sample, self.crop, self.scale, rng)
+        targets = self.method.targets(instances, fg if self.use_fg else None, origin=origin)
+        return {"image": torch.from_numpy(image),
+                "origin": torch.tensor(origin, dtype=torch.float32),
+                **{k: torch.from_numpy(np.asarray(v)) for k, v in targets.items()}}
 
 
 class EpochBatches:

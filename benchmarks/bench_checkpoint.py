@@ -38,7 +38,7 @@ CASES = {  # name: (method options, batch, crop)
 
 def measure(options: dict, batch: int, crop: int, repeats: int, folder: Path) -> dict:
     dataset = DATASETS.create("synthetic-cells", n_train=4, n_val=1, n_test=1)
-    method = METHODS.create("harmonic", guides="random", **options)
+    method = METHODS.create("harmonic", search=False, **options)
     train = list(dataset.split("train"))
     method.fit(train, seed=0)
     model = method.build_model(dataset.in_channels)

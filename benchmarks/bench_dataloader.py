@@ -88,8 +88,9 @@ def reference_code():
     import benchbio.methods.harmonic as harmonic
     import benchbio.training as training
 
-    def dense_targets(self, instances_, fg):
-        return ref.reference_harmonic_targets(self._require_guides(), instances_, fg)
+    def dense_targets(self, instances_, fg, origin=(0, 0)):
+        return ref.reference_harmonic_targets(self._require_guides(), instances_, fg, origin,
+                                              self.opts.pixel_weight)
 
     swaps = [(instances, "relabel", ref.reference_relabel),
              (instances, "sequential", ref.reference_sequential),

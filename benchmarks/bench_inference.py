@@ -81,6 +81,7 @@ def _training_throughput(predictor, samples, crop: int, batch: int, steps: int, 
 
     from torch.utils.data import DataLoader
 
+    from benchbio.nets import position_origins
     from benchbio.training import CropDataset, collate_crops
 
     crops = CropDataset(samples, predictor.method, crop, (0.8, 1.25), 0, fg)
@@ -93,11 +94,12 @@ def _training_throughput(predictor, samples, crop: int, batch: int, steps: int, 
     while done < steps:
         for b in loader:
             b = {k: v.to(device) for k, v in b.items()}
-            image = b.pop("image")
+            image, origins = b.pop("image"), b.pop("origin")
 
-            def step(image=image, b=b):
+            def step(image=image, b=b, origins=origins):
                 opt.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, enabled=device.type == "cuda"):
+                with position_origins(model, origins), torch.autocast(
+                        device.type, enabled=device.type == "cuda"):
                     out = model(image)
                 loss = predictor.method.loss(out.float(), b)
                 loss.backward()

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from benchbio.cluster import embeddings_to_labels
 from benchbio.methods.harmonic import harmonic_targets
+from benchbio.nets import position_origins
 from benchbio.options import parse_assignments
 from benchbio.registry import DATASETS, METHODS
 from benchbio.runtime import seed_everything
@@ -44,14 +45,28 @@ def _options(pairs: list[str]) -> dict:
     return parse_assignments(tuple(pairs), "--set")
 
 
+def _sbd(model, m, samples, ds) -> float:
+    model.eval()
+    with torch.no_grad():
+        preds = [m.postprocess(model(torch.from_numpy(s.image)[None].float())[0], None,
+                               ds.min_area) for s in samples]
+    model.train()
+    return round(float(evaluate_samples(preds, samples, ["sbd"]).mean["sbd"]), 3)
+
+
 def train(a: argparse.Namespace) -> dict:
     seed_everything(a.seed)
     ds = DATASETS.create("synthetic-cells", tissue=a.tissue)
     m = METHODS.create(a.method, **_options(a.set))
     train_samples, test = list(ds.split("train")), list(ds.split("test"))
+    val = list(ds.split("val"))
     t0 = time.time()
-    m.fit(train_samples, seed=a.seed)
+    search: dict = {}
+    m.fit(train_samples, seed=a.seed, log=lambda k, v, s: search.__setitem__(k, round(v, 4)))
     t_fit = time.time() - t0
+    if a.corner:  # the old convention: every crop's maps and targets start at its corner
+        targets = m.targets
+        m.targets = lambda inst, fg, origin=(0, 0): targets(inst, fg)
     model = m.build_model(1)
     crops = CropDataset(train_samples, m, a.crop, (0.8, 1.25), a.seed, False)
     loader = DataLoader(crops, batch_size=a.bs, shuffle=True, drop_last=True,
@@ -62,21 +77,26 @@ def train(a: argparse.Namespace) -> dict:
     if a.sched == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps,
                                                     pct_start=0.15)
-    step, epoch, losses = 0, 0, []
+    step, epoch, losses, curve = 0, 0, [], {}
     while step < a.steps:
         crops.epoch = epoch
         epoch += 1
         model.train()
         for batch in loader:
-            image = batch.pop("image")
+            image, origin = batch.pop("image"), batch.pop("origin")
             opt.zero_grad()
-            loss = m.loss(model(image), batch)
+            with position_origins(model, None if a.corner else origin):
+                loss = m.loss(model(image), batch)
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
             losses.append(loss.item())
             step += 1
+            if a.eval_every and step % a.eval_every == 0 and step < a.steps:
+                curve[step] = _sbd(model, m, val, ds)
+                print(json.dumps({"tag": a.tag, "step": step, "val_sbd": curve[step],
+                                  "s": round(time.time() - t0)}), flush=True)
             if step >= a.steps:
                 break
     t_loop = time.time() - t0 - t_fit
@@ -89,6 +109,8 @@ def train(a: argparse.Namespace) -> dict:
                  for o in outs]
         scores = evaluate_samples(preds, test, ["sbd", "dic"]).mean
         res[f"{metric}@{bandwidth}"] = {k: round(float(v), 3) for k, v in scores.items()}
+    res["method_postprocess"] = _sbd(model, m, test, ds)
+    curve[a.steps] = _sbd(model, m, val, ds)
     errs: dict[str, list[float]] = {"interior": [], "boundary": [], "background": []}
     for out, s in zip(outs, test):
         target = harmonic_targets(m.guides, s.instances, None)["embedding"]
@@ -99,9 +121,9 @@ def train(a: argparse.Namespace) -> dict:
         errs["boundary"].append(err[fg & edge].mean())
         errs["background"].append(err[~fg].mean())
     res["l1_error"] = {k: round(float(np.mean(v)), 4) for k, v in errs.items()}
-    return {"tag": a.tag, "args": vars(a), "fit_s": round(t_fit, 1),
+    return {"tag": a.tag, "args": vars(a), "fit_s": round(t_fit, 1), "search": search,
             "train_s": round(t_loop, 1), "final_loss": float(np.mean(losses[-30:])),
-            "test": res}
+            "val_sbd_by_step": curve, "test": res}
 
 
 def noise(a: argparse.Namespace) -> list[dict]:
@@ -146,7 +168,7 @@ def steptime(a: argparse.Namespace) -> dict:
     for layout in ("contiguous", "channels_last"):
         model = m.build_model(1)
         image = batches[0]["image"]
-        targets = {k: v for k, v in batches[0].items() if k != "image"}
+        targets = {k: v for k, v in batches[0].items() if k not in ("image", "origin")}
         if layout == "channels_last":
             model = model.to(memory_format=torch.channels_last)
             image = image.contiguous(memory_format=torch.channels_last)
@@ -182,6 +204,10 @@ def main() -> None:
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     t.add_argument("--threads", type=int, default=torch.get_num_threads())
     t.add_argument("--tag", default="")
+    t.add_argument("--eval-every", type=int, default=200,
+                   help="validation SBD every this many steps (0: only at the end)")
+    t.add_argument("--corner", action="store_true",
+                   help="old convention: guide maps and targets start at each crop's corner")
     s = sub.add_parser("steptime")
     s.add_argument("--method", default="harmonic")
     s.add_argument("--bs", type=int, default=16)

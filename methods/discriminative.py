@@ -34,7 +34,7 @@ from benchbio.foreground import foreground_loss, foreground_target, predicted_fo
 from benchbio.guides import GuideMaps
 from benchbio.instances import Prediction, owner_map
 from benchbio.method import LogFn, Method, MethodOptions, register_variant
-from benchbio.methods.harmonic import Harmonic
+from benchbio.methods.harmonic import Harmonic, HarmonicOptions
 from benchbio.nets import build_unet
 from benchbio.registry import register_method
 
@@ -58,7 +58,10 @@ class DiscriminativeOptions(MethodOptions):
             middle of [delta_v, 2 delta_d - delta_v), the radii around a mean that hold
             its whole cluster and no pixel of another once the hinges are satisfied.
         position: "none" (plain U-Net) or "sinconv" (decoder sees the searched guides).
-        n_guides, eps, search_steps, search_lr: harmonic's guide search (SinConv only).
+        n_guides, eps, guide_family, guide_band, freq_range, guide_file, search,
+            search_metric, search_background, search_margin, search_steps, search_lr:
+            harmonic's guides
+            and their search (SinConv only), with harmonic's defaults.
         kernel_size: kernel of the decoder's first convolutions (authors' U-Net: 7).
         clusterer: "torch" (vectorised mean-shift) or "sklearn".
         cluster_kernel: torch mean-shift kernel, "flat" or "gaussian".
@@ -78,13 +81,26 @@ class DiscriminativeOptions(MethodOptions):
     position: Literal["none", "sinconv"] = "none"
     n_guides: int = 12
     eps: float = 0.5
-    search_steps: int = 400
-    search_lr: float = 10.0
+    guide_family: Literal["axis", "oblique"] = HarmonicOptions.guide_family
+    guide_band: Literal["low", "full", "high"] = HarmonicOptions.guide_band
+    freq_range: tuple | None = None
+    guide_file: str | None = None
+    search: bool = HarmonicOptions.search
+    search_metric: Literal["l2", "l1", "sql2"] = HarmonicOptions.search_metric
+    search_background: bool = HarmonicOptions.search_background
+    search_margin: float | None = HarmonicOptions.search_margin
+    search_steps: int = HarmonicOptions.search_steps
+    search_lr: float = HarmonicOptions.search_lr
     kernel_size: int = 7
     clusterer: Literal["torch", "sklearn"] = "torch"
     cluster_kernel: Literal["flat", "gaussian"] = "flat"
     background: Literal["cluster", "head"] = "cluster"
     fg_weight: float = 1.0
+
+#: The options that are harmonic's guides and search, passed on to it as they are.
+GUIDE_OPTIONS = ("n_guides", "eps", "guide_family", "guide_band", "freq_range", "guide_file",
+                 "search", "search_metric", "search_background", "search_margin", "search_steps",
+                 "search_lr", "kernel_size")
 
 
 def cluster_targets(instances: np.ndarray, fg: np.ndarray | None) -> np.ndarray:
@@ -171,10 +187,7 @@ class Discriminative(Method):
         if o.bandwidth is None:
             o.bandwidth = o.delta_d
         # The guide search, its cache and its state are harmonic's, reused as they are.
-        self._harmonic = Harmonic(
-            n_guides=o.n_guides, eps=o.eps, search_steps=o.search_steps,
-            search_lr=o.search_lr, kernel_size=o.kernel_size,
-        )
+        self._harmonic = Harmonic(**{k: getattr(o, k) for k in GUIDE_OPTIONS})
         self._maps: GuideMaps | None = None
 
     # --------------------------------------------------------------- fitted state
@@ -215,7 +228,9 @@ class Discriminative(Method):
         """1 when the network has a foreground channel (its last), else 0."""
         return int(self.opts.background == "head")
 
-    def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
+    def targets(
+        self, instances: np.ndarray, fg: np.ndarray | None, origin: tuple[int, int] = (0, 0)
+    ) -> dict[str, np.ndarray]:
         """``clusters``: each pixel's cluster index, -1 where ignored; with the
         foreground head also ``foreground`` (0/1), and background is then ignored."""
         if not self._head:

@@ -241,7 +241,9 @@ class EmbedSeg(Method):
             model.head.bias[2 : 2 + o.n_sigma].fill_(1.0)
         return model
 
-    def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
+    def targets(
+        self, instances: np.ndarray, fg: np.ndarray | None, origin: tuple[int, int] = (0, 0)
+    ) -> dict[str, np.ndarray]:
         """``owner``: 0 background, 1..K instances, -1 overlap (ignored)."""
         return {"owner": owner_map(instances).astype(np.int64)}
 

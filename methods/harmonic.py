@@ -13,15 +13,19 @@
 
 Where the protocol gives no foreground mask at test time (CVPPP, synthetic-cells), the
 background is trained as one more object, and the largest cluster is taken as
-background at test time, as in the authors' code. The options ``position`` and
-``guides`` are the knobs the paper's ablations turn (CoordConv / no guide; random, low,
-high-frequency guides without search).
+background at test time, as in the authors' code. The options ``position``,
+``search`` and ``guide_band`` are the knobs the paper's ablations turn (CoordConv / no
+guide; random, low, high-frequency guides without search); ``guide_family``,
+``guide_file``, ``search_metric``, ``search_background``, ``pixel_weight``,
+``sinconv_norm`` and ``decoder`` put the paper's text and the authors' code side by side
+(``harmonic-authors``; docs/methods.md lists every difference).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +38,16 @@ from scipy import sparse
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample, cache_dir
 from benchbio.datasets.synthetic import OVERFIT_CHECK
+from benchbio.errors import BenchbioError
 from benchbio.foreground import foreground_loss, foreground_target, predicted_foreground
-from benchbio.guides import GuideMaps, Guides, guides_figure, sample_guides, search_guides
+from benchbio.guides import (
+    GuideMaps,
+    Guides,
+    guides_figure,
+    load_guide_set,
+    sample_guides,
+    search_guides,
+)
 from benchbio.instances import Prediction, is_stack, owner_map, to_stack
 from benchbio.method import LogFn, Method, MethodOptions
 from benchbio.nets import CoordMaps, build_unet
@@ -46,29 +58,60 @@ __all__ = [
     "expand_targets", "guide_maps",
 ]
 
-#: Frequency ranges (radians per reference extent) for guides drawn without search.
-GUIDE_RANGES = {"random": (0.0, 50.0), "low": (0.0, 10.0), "high": (30.0, 50.0)}
+#: Frequency ranges of the random start (radians per reference extent), per family and
+#: band. Oblique (the paper): fx and fy each uniform in the range. Axis-aligned (the
+#: authors): |frequency| uniform in the range, random sign, the other frequency 0; "full"
+#: is the authors' +-variance/2 with variance 50, "low" and "high" lie below and above it
+#: ("low" is harmonic's default start: the search raises it where objects need it).
+GUIDE_RANGES = {
+    "oblique": {"full": (0.0, 50.0), "low": (0.0, 10.0), "high": (30.0, 50.0)},
+    "axis": {"full": (0.0, 25.0), "low": (0.0, 5.0), "high": (25.0, 50.0)},
+}
 
 
 @dataclass
 class HarmonicOptions(MethodOptions):
-    """Options of the harmonic method (defaults: the paper's).
+    """Options of the harmonic method.
+
+    Defaults chosen by measurement (docs/methods.md): an axis-aligned start with
+    |frequency| < 5 and the search in the clusterer's L2 metric with margin 1.0. The
+    paper's literal reading is ``guide_family=oblique guide_band=full search_metric=l1
+    search_margin=None``.
 
     Attributes:
         n_guides: number of guide functions = embedding size (paper: 12).
         eps: margin of the guide search and mean-shift bandwidth (paper: 0.5).
         position: what decoder convolutions see: "sinconv" (guides), "coordconv" (x, y)
             or "none" (plain convolutions).
-        guides: "search" (paper), or guides drawn without search from the "random"
-            (0-50), "low" (0-10) or "high" (30-50) frequency range.
+        guide_family: the random start: "axis" (the authors' code: half the guides
+            along x, half along y) or "oblique" (the paper's text: fx, fy both random).
+        guide_band: the start's frequency range, ``GUIDE_RANGES[family][band]``: "low"
+            (default: a start the search raises only as far as separation needs), "full"
+            (the authors' / the paper's start) or "high".
+        freq_range: (low, high) frequency range of the start, overriding ``guide_band``.
+        guide_file: start from a fixed guide set instead: a JSON file (a run's
+            ``method/guides.json``) or a released set ("authors-cvppp",
+            "authors-celegans", "authors-coco").
+        search: run the guide search from the start (paper), or keep the start.
+        search_metric: distance of eq. 4's margin: "l2" (the clusterer's), "l1" (the
+            paper's eq. 4) or "sql2" (the authors' code: squared L2).
+        search_background: count the background as one more object in the search (the
+            authors' code) or not (the paper).
+        search_margin: eq. 4's margin (default 1.0, twice the bandwidth); None: ``eps``
+            (the paper's reading: the same 0.5 as the mean-shift bandwidth).
         search_steps, search_lr: SGD steps and learning rate of the guide search.
+        pixel_weight: loss weight of a pixel: "uniform" (paper eq. 5) or "log_area"
+            (the authors' code: 1 / log(area of its instance)).
         kernel_size: kernel of the SinConv layers (authors: 7).
+        sinconv_norm: BatchNorm + ReLU after each SinConv (benchbio) or a bare
+            convolution (the authors' code).
+        decoder: decoder widths: "mirror" (8w, 4w, 2w, w: 512-256-128-64) or "authors"
+            (4w, 2w, w, w: 256-128-64-64).
         clusterer: "torch" (vectorised mean-shift) or "sklearn" (the authors').
         cluster_metric: distance of the torch mean-shift kernel: "l2" (default; the
             authors' and scikit-learn's, and the more tolerant of a trained network's
             noise: on a 600-step synthetic-cells model it scored SBD 0.44 against 0.26
-            for "l1"), or "l1", the distance the guide search separates objects by
-            (eq. 4), with which ideal outputs are always recovered exactly.
+            for "l1"), or "l1", the distance of the paper's eq. 4.
         cluster_kernel: torch mean-shift kernel, "flat" (scikit-learn's: the mean of the
             points within the bandwidth) or "gaussian" (weights exp(-d^2 / 2 bw^2), cut at 3 bw).
         background: where the protocol gives no foreground mask, "cluster" (the authors':
@@ -82,10 +125,20 @@ class HarmonicOptions(MethodOptions):
     n_guides: int = 12
     eps: float = 0.5
     position: Literal["sinconv", "coordconv", "none"] = "sinconv"
-    guides: Literal["search", "random", "low", "high"] = "search"
+    guide_family: Literal["axis", "oblique"] = "axis"
+    guide_band: Literal["low", "full", "high"] = "low"
+    freq_range: tuple | None = None
+    guide_file: str | None = None
+    search: bool = True
+    search_metric: Literal["l2", "l1", "sql2"] = "l2"
+    search_background: bool = False
+    search_margin: float | None = 1.0
     search_steps: int = 400
     search_lr: float = 10.0
+    pixel_weight: Literal["uniform", "log_area"] = "uniform"
     kernel_size: int = 7
+    sinconv_norm: bool = True
+    decoder: Literal["mirror", "authors"] = "mirror"
     clusterer: Literal["torch", "sklearn"] = "torch"
     cluster_metric: Literal["l2", "l1"] = "l2"
     cluster_kernel: Literal["flat", "gaussian"] = "flat"
@@ -93,25 +146,34 @@ class HarmonicOptions(MethodOptions):
     fg_weight: float = 1.0
 
 
-def guide_maps(
-    guides: Guides, height: int, width: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``guides.maps(height, width)`` as float32 ``(N, H, W)``, and the same values as
-    ``(H * W, N)`` (pixel-major) in float32 and float64, computed once per guides and size.
+def _maps_by_pixel(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float32 ``(N, H, W)`` maps, and the same values as ``(H * W, N)`` (pixel-major)
+    in float32 and float64."""
+    by_pixel = np.ascontiguousarray(maps.reshape(len(maps), -1).T)
+    return maps, by_pixel, by_pixel.astype(np.float64)
 
-    Targets are built in crop coordinates, so every crop of a run needs the same maps:
+
+def guide_maps(
+    guides: Guides, height: int, width: int, origin: tuple[int, int] = (0, 0)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``guides.maps(height, width, origin)`` as float32 ``(N, H, W)``, and the same values
+    as ``(H * W, N)`` (pixel-major) in float32 and float64.
+
+    At ``origin`` (0, 0) (crop coordinates) every crop of a run needs the same maps:
     evaluating twelve sines over 448 x 448 pixels for each crop was half the cost of a
-    training sample. The arrays are kept on the guides object (a few sizes at most) and
-    shared, hence read-only.
+    training sample, so these are computed once per guides and size, kept on the guides
+    object (a few sizes at most) and shared, hence read-only. Maps at another origin (a
+    crop at its position in its image) differ from crop to crop and are computed afresh.
     """
+    if tuple(origin) != (0, 0):
+        return _maps_by_pixel(guides.maps(height, width, origin).astype(np.float32))
     key = (np.asarray(guides.params, np.float64).tobytes(), float(guides.ref_height),
            float(guides.ref_width), int(height), int(width))
     cache = guides.__dict__.setdefault("_maps_cache", {})
     found = cache.get(key)
     if found is None:
         maps = guides.maps(height, width).astype(np.float32)
-        by_pixel = np.ascontiguousarray(maps.reshape(len(maps), -1).T)
-        by_pixel64 = by_pixel.astype(np.float64)
+        maps, by_pixel, by_pixel64 = _maps_by_pixel(maps)
         for arr in (maps, by_pixel, by_pixel64):
             arr.setflags(write=False)
         if len(cache) >= 4:  # a run uses one crop size; tests use a few
@@ -149,28 +211,34 @@ def _background_mean(background: np.ndarray, by_pixel: np.ndarray) -> np.ndarray
 
 
 def harmonic_table(
-    guides: Guides, instances: np.ndarray, fg: np.ndarray | None
+    guides: Guides, instances: np.ndarray, fg: np.ndarray | None,
+    origin: tuple[int, int] = (0, 0), pixel_weight: str = "uniform",
 ) -> dict[str, np.ndarray]:
     """Eq. 1-2 targets of one crop in compact form: ``owner`` ``(H, W)`` int32 (0
     background, 1..K objects, -1 overlap), ``table`` ``(K + 1, N)`` float32 (row 0 the
     background's target, row k object k's guided embedding) and ``weight`` ``(H, W)``
-    bool. The dense target is ``table[owner]`` (background's row where ``owner`` is -1):
-    :func:`expand_targets` builds it on the training device, so the loader ships a
-    table and a label image (1 MB per 448 x 448 crop with the weights) instead of N float
-    maps (12 x 448 x 448 x 4 bytes = 9.6 MB).
+    bool (float32 with ``pixel_weight="log_area"``). The dense target is ``table[owner]``
+    (background's row where ``owner`` is -1): :func:`expand_targets` builds it on the
+    training device, so the loader ships a table and a label image (1 MB per 448 x 448
+    crop with the weights) instead of N float maps (12 x 448 x 448 x 4 bytes = 9.6 MB).
 
+    The guides are evaluated at the crop's position ``origin`` (row, col) in its image.
     With a foreground mask (given at test time by the protocol) only owned foreground
     pixels carry weight. Without one, background is one more object whose target is the
-    guides' mean over it. Overlap pixels carry no weight. Vectorised over instances and
-    guides: one sparse product gives every object's sum of every guide.
+    guides' mean over it. Overlap pixels carry no weight. ``pixel_weight="log_area"``
+    weighs a pixel by ``1 / log(max(area, 2))`` of its object in the crop (the authors'
+    code), so small objects count more than their pixel share; ``weight`` is then float32.
+    Vectorised over instances and guides: one sparse product gives every object's sum of
+    every guide.
     """
     h, w = instances.shape[-2:]
-    maps, by_pixel, by_pixel64 = guide_maps(guides, h, w)
+    maps, by_pixel, by_pixel64 = guide_maps(guides, h, w, origin)
     owner = owner_map(instances)
     if is_stack(instances):
         stack = to_stack(instances).astype(np.float32)
         area = stack.sum(axis=(1, 2))
         means = np.einsum("khw,nhw->kn", stack, maps) / np.maximum(area, 1)[:, None]
+        n_obj = len(stack)
     else:
         n_obj = int(owner.max(initial=0))
         counts = np.bincount(owner.ravel(), minlength=n_obj + 1)
@@ -182,15 +250,20 @@ def harmonic_table(
         weight = (owner > 0) & np.asarray(fg, bool)
     else:
         weight = owner >= 0
+    if pixel_weight == "log_area":
+        counts = np.bincount(np.clip(owner, 0, None).ravel(), minlength=n_obj + 1)
+        per_owner = 1.0 / np.log(np.maximum(counts, 2)).astype(np.float32)
+        weight = weight * per_owner[np.clip(owner, 0, None)]
     return {"owner": owner.astype(np.int32), "table": table, "weight": weight}
 
 
 def harmonic_targets(
-    guides: Guides, instances: np.ndarray, fg: np.ndarray | None
+    guides: Guides, instances: np.ndarray, fg: np.ndarray | None,
+    origin: tuple[int, int] = (0, 0), pixel_weight: str = "uniform",
 ) -> dict[str, np.ndarray]:
     """Eq. 1-2 targets for one crop: ``embedding`` ``(N, H, W)`` and ``weight`` ``(H, W)``
     float32, the dense form of :func:`harmonic_table`."""
-    compact = harmonic_table(guides, instances, fg)
+    compact = harmonic_table(guides, instances, fg, origin, pixel_weight)
     # (N, H, W) straight from the (N, objects + 1) table: no (H, W, N) copy to transpose
     target = np.take(np.ascontiguousarray(compact["table"].T),
                      np.maximum(compact["owner"], 0), axis=1)
@@ -222,45 +295,67 @@ class Harmonic(Method):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
+        o = self.opts
+        if o.freq_range is not None and not (
+                len(o.freq_range) == 2 and 0 <= o.freq_range[0] <= o.freq_range[1]):
+            raise BenchbioError(f"freq_range={o.freq_range!r}: give (low, high) with "
+                                "0 <= low <= high, in radians per image extent")
+        if o.guide_file:  # a missing or malformed file fails before any training
+            load_guide_set(o.guide_file, o.n_guides)
         self.guides: Guides | None = None
         self.search: dict[str, float] = {}
         self._maps: GuideMaps | None = None
 
     # --------------------------------------------------------------- guide search
-    def _cache_key(self, instances: Sequence[np.ndarray], seed: int) -> str:
+    def start(self, instances: Sequence[np.ndarray], seed: int) -> Guides:
+        """The search's start: the guide file, or a draw of the family and band from
+        ``seed`` at the median training-image size (the same with and without search)."""
+        o = self.opts
+        if o.guide_file:
+            return load_guide_set(o.guide_file, o.n_guides)
+        shapes = np.array([i.shape[-2:] for i in instances], float)
+        ref_h, ref_w = np.median(shapes, axis=0) if len(shapes) else (1.0, 1.0)
+        lo, hi = o.freq_range or GUIDE_RANGES[o.guide_family][o.guide_band]
+        return sample_guides(o.n_guides, (float(lo), float(hi)), float(ref_h), float(ref_w),
+                             np.random.default_rng(seed), o.guide_family)
+
+    def _cache_key(self, instances: Sequence[np.ndarray], start: Guides, seed: int) -> str:
         h = hashlib.sha256()
         for arr in instances:
             arr = np.ascontiguousarray(arr)
             h.update(str((arr.shape, arr.dtype.str)).encode())
             h.update(arr.tobytes())
         o = self.opts
-        h.update(json.dumps([o.n_guides, o.eps, o.guides, o.search_steps, o.search_lr, seed])
-                 .encode())
+        h.update(json.dumps([o.n_guides, o.eps, o.search_margin, o.search, o.search_metric,
+                             o.search_background,
+                             o.search_steps, o.search_lr, seed, start.to_json()]).encode())
         return h.hexdigest()[:16]
 
     def fit(self, train: Sequence[Sample], *, seed: int, log: LogFn | None = None) -> None:
-        """Search (or draw) the guides for this training set; reuse a cached search."""
+        """Draw (or read) the start and search the guides from it; reuse a cached search.
+
+        ``log`` receives eq. 4's hinge and the separated fraction of object pairs before
+        and after the search (equal when ``search`` is off).
+        """
         instances = [s.objects() for s in train]
         o = self.opts
-        if o.guides != "search":
-            shapes = np.array([i.shape[-2:] for i in instances], float)
-            ref_h, ref_w = np.median(shapes, axis=0)
-            rng = np.random.default_rng(seed)
-            self.guides = sample_guides(o.n_guides, GUIDE_RANGES[o.guides], ref_h, ref_w, rng)
-            self.search = {"cached": 0.0}
-            return
-        path = cache_dir() / "guides" / f"{self._cache_key(instances, seed)}.json"
+        start = self.start(instances, seed)
+        path = cache_dir() / "guides" / f"{self._cache_key(instances, start, seed)}.json"
         if path.is_file():
             data = json.loads(path.read_text())
             self.guides = Guides.from_json(data["guides"])
             self.search = {**data["search"], "cached": 1.0}
+            if log is not None:
+                _log_search(self.search, log)
             return
         self.guides, self.search = search_guides(
-            instances, n=o.n_guides, eps=o.eps, steps=o.search_steps, lr=o.search_lr,
-            seed=seed, log=log,
+            instances, n=o.n_guides, eps=o.eps if o.search_margin is None else o.search_margin,
+            start=start, metric=o.search_metric,
+            background=o.search_background, steps=o.search_steps if o.search else 0,
+            lr=o.search_lr, seed=seed, log=log,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"guides": self.guides.to_json(), "search": self.search}))
         tmp.replace(path)
         self.search = {**self.search, "cached": 0.0}
@@ -301,8 +396,8 @@ class Harmonic(Method):
             position = None
         return build_unet(
             in_channels, o.n_guides + self._head, encoder=o.encoder, width=o.width,
-            position=position,
-            encoder_weights=o.encoder_weights, kernel_size=o.kernel_size,
+            position=position, encoder_weights=o.encoder_weights, kernel_size=o.kernel_size,
+            decoder=o.decoder, position_norm=o.sinconv_norm,
         )
 
     @property
@@ -310,15 +405,18 @@ class Harmonic(Method):
         """1 when the network has a foreground channel (its last), else 0."""
         return int(self.opts.background == "head")
 
-    def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
-        """Compact targets (:func:`harmonic_table`); the loss expands them. With the
-        foreground head also ``foreground`` (0/1), and the embedding is then weighted on
-        foreground pixels only."""
+    def targets(
+        self, instances: np.ndarray, fg: np.ndarray | None, origin: tuple[int, int] = (0, 0)
+    ) -> dict[str, np.ndarray]:
+        """Compact targets (:func:`harmonic_table`) at the crop's origin; the loss expands
+        them. With the foreground head also ``foreground`` (0/1), and the embedding is
+        then weighted on foreground pixels only."""
+        guides, weighting = self._require_guides(), self.opts.pixel_weight
         if not self._head:
-            return harmonic_table(self._require_guides(), instances, fg)
+            return harmonic_table(guides, instances, fg, origin, weighting)
         foreground = foreground_target(instances)
         mask = foreground > 0 if fg is None else np.asarray(fg, bool)
-        return {**harmonic_table(self._require_guides(), instances, mask),
+        return {**harmonic_table(guides, instances, mask, origin, weighting),
                 "foreground": foreground}
 
     def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -347,6 +445,16 @@ class Harmonic(Method):
             clusterer=self.opts.clusterer, metric=self.opts.cluster_metric,
             kernel=self.opts.cluster_kernel,
         )
+
+
+def _log_search(figures: dict[str, float], log: LogFn) -> None:
+    """A cached search's figures, logged as a fresh search logs them."""
+    for key, name in (("loss_before", "guide_hinge_before"),
+                      ("separated_before", "guide_separated_before"),
+                      ("loss", "guide_hinge_after"), ("separated", "guide_separated_after"),
+                      ("max_change", "guide_max_change")):
+        if key in figures:
+            log(name, float(figures[key]), 0)
 
 
 @register_method("harmonic")

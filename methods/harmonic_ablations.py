@@ -1,26 +1,33 @@
-"""The paper's ablations of harmonic embeddings (section 4.5, Tables 4 and 5).
+"""The paper's ablations of harmonic embeddings (section 4.5, Tables 4 and 5), and the
+authors' code's choices as one variant.
 
-Each ablation is :class:`methods.harmonic.Harmonic` with exactly one default of its
-options changed, declared in one line by :func:`benchbio.method.register_variant`, so
-the resolved options, the logged run and the network differ from ``harmonic`` in that
-one thing only:
+Each ablation is :class:`methods.harmonic.Harmonic` with defaults of its options changed,
+declared in one line by :func:`benchbio.method.register_variant`, so the resolved
+options, the logged run and the network differ from ``harmonic`` in those things only:
 
-=====================  ==============================  ======================================
-name                   changed option                  paper row
-=====================  ==============================  ======================================
-harmonic-coordconv     ``position="coordconv"``        "CoordConv": x, y in [-1, 1]
-harmonic-noguide       ``position="none"``             "No guide" / "Ours without SinConv"
-harmonic-random        ``guides="random"``             "Random": frequencies U(0, 50)
-harmonic-low           ``guides="low"``                "Low": frequencies U(0, 10)
-harmonic-high          ``guides="high"``               "High": frequencies U(30, 50)
-=====================  ==============================  ======================================
+=====================  ===========================================  =========================
+name                   changed option(s)                            paper row
+=====================  ===========================================  =========================
+harmonic-coordconv     ``position="coordconv"``                     "CoordConv": x, y
+harmonic-noguide       ``position="none"``                          "No guide"
+harmonic-random        ``search=False``                             "Random"
+harmonic-low           ``search=False``, ``guide_band="low"``       "Low"
+harmonic-high          ``search=False``, ``guide_band="high"``      "High"
+=====================  ===========================================  =========================
 
-Frequencies are radians per reference extent (the median training-image size); the
-ranges are ``methods.harmonic.GUIDE_RANGES``: "random" is the range the guide search
-starts from; "low" gives at most ~1.6 periods per image (smooth guides that barely
-separate neighbours); "high" at least ~4.8 periods (guides that repeat within an image,
-so distant objects alias to the same embedding). Phases are uniform in [0, 2 pi).
-The CoordConv and no-guide ablations keep the searched guides as targets.
+``harmonic-random`` is exactly "no search": the same family and start draw as
+``harmonic`` (same seed, same guides before the search), the search skipped. ``-low``
+and ``-high`` draw the start from the low and high band of harmonic's family
+(``methods.harmonic.GUIDE_RANGES``: frequencies in radians per reference extent, the
+median training-image size) and skip the search; as ``harmonic``'s default start is the
+low band, ``harmonic-low`` coincides with ``harmonic-random`` today; they part if
+harmonic's default band changes. The CoordConv and no-guide ablations keep the searched
+guides as targets. Every ablation follows ``harmonic``'s defaults for everything else.
+
+``harmonic-authors`` is not an ablation of the paper but the authors' code's choices
+bundled (docs/methods.md): axis-aligned start with |frequency| < 25, squared-L2 search
+with margin 0.5 and the background as an object, pixel weights 1 / log(area), SinConv as
+a bare convolution, decoder widths 4w-2w-w-w.
 """
 
 from __future__ import annotations
@@ -32,9 +39,15 @@ register_variant("harmonic-coordconv", Harmonic, "Ablation: harmonic targets wit
                  "(x, y in [-1, 1]) instead of SinConv.", position="coordconv")
 register_variant("harmonic-noguide", Harmonic, "Ablation: harmonic targets with plain "
                  "convolutions (no guide maps in the net).", position="none")
-register_variant("harmonic-random", Harmonic, "Ablation: guides drawn uniformly from "
-                 "frequencies 0-50, without search.", guides="random")
-register_variant("harmonic-low", Harmonic, "Ablation: low-frequency guides (0-10) drawn "
-                 "without search.", guides="low")
-register_variant("harmonic-high", Harmonic, "Ablation: high-frequency guides (30-50) drawn "
-                 "without search.", guides="high")
+register_variant("harmonic-random", Harmonic, "Ablation: harmonic's start (same family, "
+                 "range and draw) without the search.", search=False)
+register_variant("harmonic-low", Harmonic, "Ablation: guides drawn from the low band of "
+                 "harmonic's family, without search.", search=False, guide_band="low")
+register_variant("harmonic-high", Harmonic, "Ablation: guides drawn from the high band of "
+                 "harmonic's family, without search.", search=False, guide_band="high")
+register_variant("harmonic-authors", Harmonic, "Harmonic as the authors' code runs it: "
+                 "axis-aligned start, squared-L2 search with background, 1/log(area) pixel "
+                 "weights, bare SinConv, decoder 4w-2w-w-w.", guide_family="axis",
+                 guide_band="full", search_margin=None, search_metric="sql2",
+                 search_background=True, pixel_weight="log_area", sinconv_norm=False,
+                 decoder="authors")

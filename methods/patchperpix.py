@@ -574,7 +574,9 @@ class PatchPerPix(Method):
         return build_unet(in_channels, self.out_channels, encoder=o.encoder, width=o.width,
                           encoder_weights=o.encoder_weights, kernel_size=o.kernel_size)
 
-    def targets(self, instances: np.ndarray, fg: np.ndarray | None) -> dict[str, np.ndarray]:
+    def targets(
+        self, instances: np.ndarray, fg: np.ndarray | None, origin: tuple[int, int] = (0, 0)
+    ) -> dict[str, np.ndarray]:
         """``patch`` (k*k, H, W) uint8, ``count`` instances per pixel, ``near_overlap``."""
         stack = to_stack(instances)
         count = stack.sum(0) if len(stack) else np.zeros(instances.shape[-2:], np.int64)

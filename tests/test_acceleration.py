@@ -140,3 +140,31 @@ def test_inductor_compile_of_a_tiny_network():
     x = torch.rand(2, 1, 16, 16)
     assert forward is not model
     torch.testing.assert_close(forward(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_forward_loss_places_position_maps_at_the_batch_origins():
+    """A batch's ``origin`` (the crops' positions) is not a target: forward_loss runs the
+    network with its position maps there (compiled or not) and restores them after."""
+    from benchbio.nets import PositionMaps, position_origins
+
+    method = _method()
+    torch.manual_seed(0)
+    model = method.build_model(1)
+    batch = _batch(method)
+    origins = torch.tensor([[0.0, 0.0], [5.0, 11.0]])
+    with position_origins(model, origins):
+        expected = method.loss(model(batch["image"]).float(),
+                               {k: v for k, v in batch.items() if k != "image"})
+    at_corner = forward_loss(method, model, batch, resolve_acceleration(CPU))
+    with_origin = {**batch, "origin": origins}
+    for backend in (None, "eager"):
+        accel = resolve_acceleration(CPU)
+        forward = model
+        if backend:
+            accel = dataclasses.replace(resolve_acceleration(CPU, compile=True),
+                                        compile_backend=backend)
+            forward = torch.compile(model, backend=backend)
+        loss = forward_loss(method, forward, with_origin, accel)
+        torch.testing.assert_close(loss, expected)
+        assert not torch.equal(loss, at_corner)
+    assert all(m.origins is None for m in model.modules() if isinstance(m, PositionMaps))

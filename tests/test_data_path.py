@@ -45,7 +45,8 @@ def _resize(arr, size, mode):
 
 
 def reference_augment(sample, crop, scale, rng):
-    """The augmentation as it was before issue 17: resize everything, pad, crop, flip."""
+    """The augmentation as it was before issue 17: resize everything, pad, crop, flip;
+    with the crop's origin in the rescaled, padded (and, when flipped, mirrored) image."""
     image, instances, fg = sample.image, np.asarray(sample.instances), sample.fg
     s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     h, w = image.shape[1:]
@@ -73,8 +74,9 @@ def reference_augment(sample, crop, scale, rng):
     if rng.random() < 0.5:
         image, instances = image[..., ::-1], instances[..., ::-1]
         fg = fg[..., ::-1] if fg is not None else None
+        x0 = w - x0 - crop
     return np.ascontiguousarray(image), np.ascontiguousarray(instances), (
-        np.ascontiguousarray(fg) if fg is not None else None)
+        np.ascontiguousarray(fg) if fg is not None else None), (y0, x0)
 
 
 def reference_owner_map(instances):
@@ -92,15 +94,17 @@ def reference_owner_map(instances):
     return out
 
 
-def reference_harmonic_targets(guides, instances, fg):
-    """Harmonic's targets as they were: maps evaluated per crop, (H, W, N) gather."""
+def reference_harmonic_targets(guides, instances, fg, origin=(0, 0), pixel_weight="uniform"):
+    """Harmonic's targets as they were: maps evaluated per crop (at its origin), (H, W, N)
+    gather; log-area pixel weights as the authors' code."""
     h, w = instances.shape[-2:]
-    maps = guides.maps(h, w).astype(np.float32)
+    maps = guides.maps(h, w, origin).astype(np.float32)
     owner = reference_owner_map(instances)
     if is_stack(instances):
         stack = to_stack(instances).astype(np.float32)
         area = stack.sum(axis=(1, 2))
         means = np.einsum("khw,nhw->kn", stack, maps) / np.maximum(area, 1)[:, None]
+        n_obj = len(stack)
     else:
         n_obj = int(owner.max(initial=0))
         counts = np.bincount(owner.ravel(), minlength=n_obj + 1).astype(np.float32)
@@ -111,7 +115,12 @@ def reference_harmonic_targets(guides, instances, fg):
     bg_mean = maps[:, background].mean(1) if background.any() else np.zeros(len(maps))
     table = np.vstack([bg_mean[None], means]).astype(np.float32)
     target = table[np.clip(owner, 0, None)].transpose(2, 0, 1)
-    weight = (owner > 0) & np.asarray(fg, bool) if fg is not None else owner >= 0
+    weight = ((owner > 0) & np.asarray(fg, bool) if fg is not None else owner >= 0
+              ).astype(np.float32)
+    if pixel_weight == "log_area":
+        counts = np.bincount(np.clip(owner, 0, None).ravel(), minlength=n_obj + 1)
+        per_owner = 1.0 / np.log(np.maximum(counts, 2)).astype(np.float32)
+        weight = weight * per_owner[np.clip(owner, 0, None)]
     return {"embedding": np.ascontiguousarray(target), "weight": weight.astype(np.float32)}
 
 
@@ -195,7 +204,8 @@ def test_augment_gives_the_crops_it_gave_before(seed):
     for draw in range(4):
         got = augment(sample, crop, scale, np.random.default_rng([seed, draw]))
         want = reference_augment(sample, crop, scale, np.random.default_rng([seed, draw]))
-        for a, b in zip(got, want):
+        assert got[3] == want[3]  # the crop's origin
+        for a, b in zip(got[:3], want[:3]):
             if b is None:
                 assert a is None
                 continue
@@ -221,6 +231,27 @@ def test_harmonic_targets_equal_the_reference(seed):
             assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape
             assert np.array_equal(got[key], want[key]), key
             assert got[key].flags.c_contiguous
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_harmonic_targets_at_an_origin_and_log_area_equal_the_reference(seed):
+    rng = np.random.default_rng(300 + seed)
+    g = _guides()
+    h, w = int(rng.integers(8, 40)), int(rng.integers(8, 40))
+    instances = random_stack(rng, h, w, 4) if seed % 3 == 0 else random_labels(
+        rng, h, w, int(rng.integers(0, 10)))
+    fg = (rng.random((h, w)) < 0.6) if seed % 2 else None
+    origin = (int(rng.integers(0, 30)), int(rng.integers(1, 30)))
+    for pixel_weight in ("uniform", "log_area"):
+        for at in ((0, 0), origin, (0, 0)):  # the shifted maps do not touch the cache
+            got = harmonic_targets(g, instances, fg, at, pixel_weight)
+            want = reference_harmonic_targets(g, instances, fg, at, pixel_weight)
+            for key in want:
+                assert got[key].dtype == want[key].dtype, key
+                assert np.array_equal(got[key], want[key]), (key, at, pixel_weight)
+    shifted = harmonic_targets(g, np.ones((h, w), int), None, origin)["embedding"]
+    assert not np.array_equal(shifted, harmonic_targets(g, np.ones((h, w), int),
+                                                        None)["embedding"])
 
 
 @pytest.mark.parametrize("case", ["empty", "full", "one", "many"])
@@ -276,10 +307,11 @@ def test_crop_dataset_batches_expand_to_the_reference_targets():
     dense = expand_targets({k: v for k, v in batch.items() if k != "image"})
     want = []
     for index in range(3):
-        image, instances, _ = reference_augment(
+        image, instances, _, origin = reference_augment(
             samples[index], 32, (0.8, 1.25), np.random.default_rng([5, 3, index]))
-        want.append(reference_harmonic_targets(method.guides, instances, None))
+        want.append(reference_harmonic_targets(method.guides, instances, None, origin))
         assert torch.equal(batch["image"][index], torch.from_numpy(image))
+        assert batch["origin"][index].tolist() == list(origin)
     for key in ("embedding", "weight"):
         expected = torch.from_numpy(np.stack([w[key] for w in want]))
         assert dense[key].dtype == expected.dtype and torch.equal(dense[key], expected)

@@ -162,3 +162,14 @@ def test_state_round_trip_restores_guides(cells, tmp_path):
     assert {p.name for p in files} == {"guides.json", "guides.png"}
     out = model(torch.zeros(1, 1, 32, 32))
     assert out.shape == (1, 12, 32, 32)
+
+
+def test_guide_file_starts_from_a_released_set_and_bad_files_fail_early(tmp_path):
+    from benchbio.errors import BenchbioError
+    from benchbio.guides import load_guide_set
+
+    method = benchbio.create_method("harmonic", guide_file="authors-cvppp", search=False)
+    start = method.start([np.zeros((32, 32), int)], seed=0)
+    assert np.array_equal(start.params, load_guide_set("authors-cvppp").params)
+    with pytest.raises(BenchbioError, match="no such file"):
+        benchbio.create_method("harmonic", guide_file=str(tmp_path / "none.json"))

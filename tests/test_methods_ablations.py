@@ -14,13 +14,16 @@ from benchbio.evaluation import evaluate
 from benchbio.guides import Guides
 from benchbio.methods.harmonic import GUIDE_RANGES, Harmonic, harmonic_targets
 
-ABLATIONS = {
-    "harmonic-coordconv": ("position", "coordconv"),
-    "harmonic-noguide": ("position", "none"),
-    "harmonic-random": ("guides", "random"),
-    "harmonic-low": ("guides", "low"),
-    "harmonic-high": ("guides", "high"),
+ABLATIONS = {  # name: the options it changes
+    "harmonic-coordconv": {"position": "coordconv"},
+    "harmonic-noguide": {"position": "none"},
+    "harmonic-random": {"search": False},
+    "harmonic-low": {"search": False, "guide_band": "low"},
+    "harmonic-high": {"search": False, "guide_band": "high"},
 }
+AUTHORS = {"guide_family": "axis", "guide_band": "full", "search_margin": None,
+           "search_metric": "sql2", "search_background": True,
+           "pixel_weight": "log_area", "sinconv_norm": False, "decoder": "authors"}
 
 
 def _samples(n: int = 2, size: int = 32) -> list[Sample]:
@@ -28,17 +31,18 @@ def _samples(n: int = 2, size: int = 32) -> list[Sample]:
 
 
 def _fitted(name: str, train: list[Sample], **options) -> Harmonic:
-    method = create_method(name, search_steps=10, **options)
+    method = create_method(name, **{"search_steps": 10, **options})
     method.fit(train, seed=0)
     return method
 
 
-@pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_options_differ_in_exactly_the_ablated_one(name):
-    key, value = ABLATIONS[name]
+@pytest.mark.parametrize("name", sorted(ABLATIONS) + ["harmonic-authors"])
+def test_options_differ_in_exactly_the_ablated_ones(name):
+    changes = ABLATIONS.get(name, AUTHORS)
     base, ablated = create_method("harmonic").options(), create_method(name).options()
-    assert {k for k in base if base[k] != ablated[k]} == {key}
-    assert ablated[key] == value
+    assert {k: ablated[k] for k in base if base[k] != ablated[k]} == {
+        k: v for k, v in changes.items() if base[k] != v}
+    assert all(ablated[k] == v for k, v in changes.items())
     assert METHODS.descriptions()[name]
     # The hooks are harmonic's own: only the option differs.
     method = create_method(name)
@@ -54,11 +58,10 @@ def test_model_structure(name):
     model = _fitted(name, train, width=8).build_model(1)
     shapes = {k: v.shape for k, v in base.state_dict().items()}
     ablated = {k: v.shape for k, v in model.state_dict().items()}
-    key, value = ABLATIONS[name]
-    if key == "guides":  # same network, only the frozen guide parameters differ
+    if "position" not in ABLATIONS[name]:  # same network, only the frozen guides differ
         assert ablated == shapes
         return
-    extra = {"coordconv": 2, "none": 0}[value]
+    extra = {"coordconv": 2, "none": 0}[ABLATIONS[name]["position"]]
     guide_buffers = {k for k in shapes if k.endswith("position.params")}
     assert guide_buffers and set(ablated) == set(shapes) - guide_buffers
     changed = {k for k in ablated if ablated[k] != shapes[k]}
@@ -70,12 +73,27 @@ def test_model_structure(name):
 
 
 @pytest.mark.parametrize("name", ["harmonic-random", "harmonic-low", "harmonic-high"])
-def test_unsearched_guides_come_from_their_range(name):
-    method = _fitted(name, _samples())
-    lo, hi = GUIDE_RANGES[ABLATIONS[name][1]]
-    freqs = method.guides.params[:, :2]
-    assert method.search["cached"] == 0.0 and "loss" not in method.search
-    assert freqs.min() >= lo and freqs.max() <= hi
+@pytest.mark.parametrize("family", ["axis", "oblique"])
+def test_unsearched_guides_come_from_their_range(name, family):
+    method = _fitted(name, _samples(), guide_family=family)
+    lo, hi = GUIDE_RANGES[family][method.opts.guide_band]
+    freqs = np.abs(method.guides.params[:, :2])
+    assert method.search["cached"] == 0.0 and method.search["max_change"] == 0.0
+    assert freqs.max(1).min() >= lo and freqs.max() <= hi
+    if family == "axis":  # one frequency of each guide is exactly 0
+        assert (freqs.min(1) == 0).all()
+
+
+def test_random_is_harmonic_without_the_search():
+    # The same start: harmonic-random's guides are the ones harmonic's search starts from.
+    train = _samples(4, size=48)
+    searched = _fitted("harmonic", train, freq_range=(0.0, 2.0))  # a start that merges
+    unsearched = _fitted("harmonic-random", train, freq_range=(0.0, 2.0))
+    start = searched.start([s.instances for s in train], seed=0)
+    assert np.array_equal(unsearched.guides.params, start.params)
+    assert searched.search["loss_before"] == unsearched.search["loss"]
+    assert searched.search["loss"] < searched.search["loss_before"]
+    assert searched.search["max_change"] > 0
 
 
 def separating_guides(extent: float) -> Guides:
@@ -88,7 +106,7 @@ def separating_guides(extent: float) -> Guides:
     return Guides(params, extent, extent)
 
 
-@pytest.mark.parametrize("name", sorted(ABLATIONS))
+@pytest.mark.parametrize("name", sorted(ABLATIONS) + ["harmonic-authors"])
 def test_oracle_recovers_instances(name):
     # Ideal output = the harmonic targets of well-separating guides.
     method = create_method(name)
@@ -102,7 +120,17 @@ def test_oracle_recovers_instances(name):
     assert evaluate(preds, labels, ["sbd"]).mean["sbd"] >= 0.99
 
 
-@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_authors_network_has_bare_sinconv_and_their_decoder_widths():
+    method = _fitted("harmonic-authors", _samples(), width=8)
+    model = method.build_model(1)
+    assert [a.conv[0].out_channels for a in model.augmented] == [32, 16, 8, 8]
+    assert all(len(a.conv) == 1 for a in [*model.augmented, model.head_conv])
+    base = _fitted("harmonic", _samples(), width=8).build_model(1)
+    assert [a.conv[0].out_channels for a in base.augmented] == [64, 32, 16, 8]
+    assert all(len(a.conv) == 3 for a in [*base.augmented, base.head_conv])
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS) + ["harmonic-authors"])
 def test_training_steps_lower_the_loss(name):
     torch.manual_seed(0)
     train = _samples()

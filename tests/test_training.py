@@ -58,7 +58,8 @@ def test_run_leaves_a_complete_mlflow_run():
     client = mlflow.tracking.MlflowClient()
     assert len(client.get_metric_history(r.info.run_id, "train_loss")) == 2
     assert "val_sbd" in r.data.metrics and "test_sbd" in r.data.metrics
-    assert "guide_search_separated" in r.data.metrics
+    assert {"guide_hinge_before", "guide_hinge_after", "guide_separated_before",
+            "guide_separated_after"} <= set(r.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     artifacts |= {a.path for a in client.list_artifacts(r.info.run_id, "method")}
     artifacts |= {a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")}
@@ -114,7 +115,7 @@ def test_augment_keeps_image_and_instances_aligned():
     image = (labels > 0).astype(np.float32)[None]
     rng = np.random.default_rng(0)
     for _ in range(5):
-        img, inst, _ = augment(Sample("x", image, labels), 32, (0.8, 1.25), rng)
+        img, inst, _, _ = augment(Sample("x", image, labels), 32, (0.8, 1.25), rng)
         assert img.shape == (1, 32, 32) and inst.shape == (32, 32)
         assert np.array_equal(img[0] > 0.5, inst > 0)
 
@@ -135,6 +136,80 @@ def test_tile_scoring_keeps_every_object_of_a_tile_without_background():
     left = result.per_image["img@0_0"]
     assert left["sbd"] == pytest.approx(0.5) and left["dic"] == -1  # 2 true objects, 1 found
     assert result.per_image["img@0_8"]["sbd"] == 1.0
+
+
+def test_augment_returns_the_crops_position_in_its_image():
+    from benchbio.data import Sample
+
+    image = np.arange(40 * 50, dtype=np.float32).reshape(1, 40, 50)
+    labels = np.ones((40, 50), int)
+    rng = np.random.default_rng(0)
+    flips = set()
+    for _ in range(12):
+        img, _, _, (y0, x0) = augment(Sample("x", image, labels), 16, (1.0, 1.0), rng)
+        flipped = img[0, 0, 0] > img[0, 0, 1]
+        whole = image[..., ::-1] if flipped else image  # a flip mirrors the whole image
+        assert np.array_equal(img, whole[:, y0:y0 + 16, x0:x0 + 16])
+        flips.add(bool(flipped))
+    assert flips == {True, False}
+
+
+def test_crop_targets_are_the_whole_image_targets_at_the_crop():
+    # An object wholly inside the crop has the same harmonic target as in the whole
+    # image: the crop's targets use the guide maps at the crop's true position.
+    from benchbio.data import Sample
+    from benchbio.guides import Guides
+    from benchbio.methods.harmonic import expand_targets, harmonic_targets
+    from benchbio.training import CropDataset, collate_crops
+
+    labels = np.zeros((48, 48), int)
+    labels[20:28, 18:30] = 1
+    method = METHODS.create("harmonic", n_guides=2)
+    method.load_state({"guides": Guides(np.array([[9.0, 0, 0.3], [0, 7.0, 1.0]]), 48.0, 48.0)
+                       .to_json()})
+    image = np.arange(48 * 48, dtype=np.float32).reshape(1, 48, 48)
+    crops = CropDataset([Sample("x", image, labels)], method, 32, (1.0, 1.0), seed=0,
+                        use_fg=False)
+    checked = 0
+    for epoch in range(8):
+        crops.epoch = epoch
+        item = crops[0]
+        dense = expand_targets(collate_crops([item]))["embedding"][0]
+        y0, x0 = (int(v) for v in item["origin"])
+        flipped = bool(item["image"][0, 0, 0] > item["image"][0, 0, 1])
+        whole = labels[:, ::-1] if flipped else labels
+        inside = whole[y0:y0 + 32, x0:x0 + 32] > 0
+        if inside.sum() == labels.sum():  # the object lies wholly in the crop
+            expected = harmonic_targets(method.guides, whole, None)["embedding"]
+            expected = expected[:, y0:y0 + 32, x0:x0 + 32]
+            assert np.allclose(dense.numpy()[:, inside], expected[:, inside], atol=1e-5)
+            checked += 1
+    assert checked
+
+
+def test_training_places_position_maps_at_each_crops_origin(monkeypatch, tmp_path):
+    import contextlib
+
+    import benchbio.acceleration as acceleration
+    import benchbio.training as training
+
+    seen = []
+    real = acceleration.position_origins
+
+    @contextlib.contextmanager
+    def recording(model, origins):
+        seen.append(origins.clone())
+        with real(model, origins):
+            yield
+
+    monkeypatch.setattr(acceleration, "position_origins", recording)
+    monkeypatch.setenv("BENCHBIO_CACHE", str(tmp_path))
+    config = tiny_config()
+    config.crop_size = 16
+    method, dataset = training.build(config)
+    training.train(config, method, dataset, tmp_path)
+    assert seen and all(o.shape == (2, 2) for o in seen)
+    assert any((o > 0).any() for o in seen)  # 16 px crops of 32 px images move
 
 
 def _figures(config: RunConfig, tmp_path) -> list[tuple[str, float, int]]:
@@ -231,3 +306,12 @@ def test_nan_loss_marks_run_failed_with_reason():
     r = mlflow.search_runs(experiment_names=["synthetic-cells"], output_format="list")[0]
     assert r.info.status == "FAILED"
     assert "loss became nan" in r.data.tags["failure_reason"]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS.names()))
+def test_every_method_takes_the_crops_origin(name):
+    # CropDataset calls targets(instances, fg, origin=...) for every method.
+    import inspect
+
+    method = METHODS.create(name)
+    assert "origin" in inspect.signature(method.targets).parameters
