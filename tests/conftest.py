@@ -40,8 +40,14 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(base / "data-home"))
     monkeypatch.delenv("BENCHBIO_CHECKPOINT_DIR", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    import torch
+
+    threads = torch.get_num_threads()
     yield
     _forget_mlflow_state()
+    # a benchmark main() or a sweep cell run in-process sets torch's thread count; a
+    # later test would then sum losses in another order than its subprocesses do
+    torch.set_num_threads(threads)
 
 
 def _forget_mlflow_state() -> None:
