@@ -21,12 +21,20 @@ import torch.nn.functional as F
 
 from .instances import owner_map
 
-__all__ = ["foreground_target", "foreground_loss", "predicted_foreground"]
+__all__ = ["foreground_target", "head_targets", "foreground_loss", "predicted_foreground"]
 
 
 def foreground_target(instances: np.ndarray) -> np.ndarray:
     """``(H, W)`` float32: 1 where any instance is (overlaps included), 0 elsewhere."""
     return (owner_map(instances) != 0).astype(np.float32)
+
+
+def head_targets(instances: np.ndarray, fg: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The foreground head's 0/1 target and the mask the embedding is trained on beside
+    it: the protocol's foreground mask when it gives one, else the true foreground."""
+    foreground = foreground_target(instances)
+    mask = foreground > 0 if fg is None else np.asarray(fg, bool)
+    return foreground, mask
 
 
 def foreground_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

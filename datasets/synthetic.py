@@ -47,6 +47,21 @@ OVERFIT_CHECK = OverfitCheck(dataset="synthetic-cells", dataset_options={"tissue
 OVERLAPS_CHECK = OverfitCheck(dataset="synthetic-worms", metric="ap", threshold=0.9)
 
 
+def _paint_ellipse(
+    labels: np.ndarray, best: np.ndarray, dy: np.ndarray, dx: np.ndarray, a: float, b: float,
+    angle: float, label: int,
+) -> None:
+    """Paint an ellipse (half-axes ``a``, ``b``, turned by ``angle``; ``dy``, ``dx`` each
+    pixel's offset from its centre) as ``label`` where it is nearer, in its own scaled
+    distance, than what ``best`` holds: touching ellipses split along that line."""
+    u = (dx * np.cos(angle) + dy * np.sin(angle)) / a
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / b
+    d = u * u + v * v
+    inside = (d < 1.0) & (d < best)
+    labels[inside] = label
+    best[inside] = d[inside]
+
+
 def make_cells(
     seed: int, size: int = 128, spacing: float = 15.0, keep: float = 0.8,
     radius: tuple[float, float] = (7.5, 10.5), tissue: float = 1.0,
@@ -76,14 +91,7 @@ def make_cells(
     labels = np.zeros((size, size), np.int32)
     for i, (cy, cx) in enumerate(centres, start=1):
         a, b = rng.uniform(*radius, 2)
-        t = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dx * np.cos(t) + dy * np.sin(t)) / a
-        v = (-dx * np.sin(t) + dy * np.cos(t)) / b
-        d = u * u + v * v
-        inside = (d < 1.0) & (d < best)
-        labels[inside] = i
-        best[inside] = d[inside]
+        _paint_ellipse(labels, best, yy - cy, xx - cx, a, b, rng.uniform(0, np.pi), i)
     labels = _relabel_min_area(labels, 20)
     image = np.full((size, size), 0.1, np.float32)
     texture = ndi.gaussian_filter(rng.normal(0, 1, (size, size)), 1.5).astype(np.float32)
@@ -131,14 +139,8 @@ def make_nuclei(
         if not all(np.hypot(cy - qy, cx - qx) > (0.7 * (r + qr) if against else r + qr + 4)
                    for qy, qx, qr in placed):
             continue
-        t = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dx * np.cos(t) + dy * np.sin(t)) / a
-        v = (-dx * np.sin(t) + dy * np.cos(t)) / b
-        d = u * u + v * v
-        inside = (d < 1.0) & (d < best)
-        labels[inside] = len(placed) + 1
-        best[inside] = d[inside]
+        _paint_ellipse(labels, best, yy - cy, xx - cx, a, b, rng.uniform(0, np.pi),
+                       len(placed) + 1)
         placed.append((cy, cx, r))
     labels = _relabel_min_area(labels, 20)
     image = np.full((size, size), 0.08, np.float32)

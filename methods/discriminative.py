@@ -30,7 +30,7 @@ import torch
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample
 from benchbio.datasets.synthetic import OVERFIT_CHECK
-from benchbio.foreground import foreground_loss, foreground_target, predicted_foreground
+from benchbio.foreground import foreground_loss, head_targets, predicted_foreground
 from benchbio.guides import GuideMaps
 from benchbio.instances import Prediction, owner_map
 from benchbio.method import LogFn, Method, MethodOptions, register_variant
@@ -235,8 +235,7 @@ class Discriminative(Method):
         foreground head also ``foreground`` (0/1), and background is then ignored."""
         if not self._head:
             return {"clusters": cluster_targets(instances, fg)}
-        foreground = foreground_target(instances)
-        mask = foreground > 0 if fg is None else np.asarray(fg, bool)
+        foreground, mask = head_targets(instances, fg)
         return {"clusters": cluster_targets(instances, mask), "foreground": foreground}
 
     def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:

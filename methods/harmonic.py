@@ -39,7 +39,7 @@ from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample, cache_dir
 from benchbio.datasets.synthetic import OVERFIT_CHECK
 from benchbio.errors import BenchbioError
-from benchbio.foreground import foreground_loss, foreground_target, predicted_foreground
+from benchbio.foreground import foreground_loss, head_targets, predicted_foreground
 from benchbio.guides import (
     GuideMaps,
     Guides,
@@ -414,8 +414,7 @@ class Harmonic(Method):
         guides, weighting = self._require_guides(), self.opts.pixel_weight
         if not self._head:
             return harmonic_table(guides, instances, fg, origin, weighting)
-        foreground = foreground_target(instances)
-        mask = foreground > 0 if fg is None else np.asarray(fg, bool)
+        foreground, mask = head_targets(instances, fg)
         return {**harmonic_table(guides, instances, mask, origin, weighting),
                 "foreground": foreground}
 
