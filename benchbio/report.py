@@ -23,7 +23,7 @@ from .sweep import Reference
 
 __all__ = ["Row", "StudyTable", "build_table", "metric_direction", "to_markdown", "to_csv",
            "to_latex", "save_figure", "save_curves", "curves_csv", "write_report",
-           "OUTPUT_FILES", "CURVE_FILES", "SECONDS_KEY"]
+           "OUTPUT_FILES", "CURVE_FILES", "SECONDS_KEY", "TIME_AXES"]
 
 OUTPUT_FILES = ("table.md", "table.csv", "table.tex", "figure.png")
 #: Written too when the runs logged :data:`SECONDS_KEY`: validation score against time.
@@ -31,6 +31,13 @@ CURVE_FILES = ("curves.png", "curves.csv")
 #: Logged by the training loop at every validation (same step as ``val_*``): seconds
 #: since the run's training began (guide search and validations included).
 SECONDS_KEY = "val_seconds"
+#: The clocks a report can draw curves against: the key each is logged as, its axis label.
+#: ``cpu`` (the training process's CPU seconds) is the fair clock on a shared machine for
+#: runs on one torch thread.
+TIME_AXES: dict[str, tuple[str, str]] = {
+    "wall": (SECONDS_KEY, "wall-clock minutes since training began"),
+    "cpu": ("val_cpu_seconds", "CPU minutes of the training process (one thread: one core)"),
+}
 
 #: ``history(run_id, key)`` -> ``[(step, value), ...]`` (MLflow's metric history).
 History = Callable[[str, str], Sequence[tuple[int, float]]]
@@ -101,6 +108,7 @@ class StudyTable:
     description: str = ""
     reproduce: str = ""
     curve_metric: str = ""  # the validation key of the rows' curves ("" when none)
+    time_axis: str = "wall"  # the clock of the curves' seconds (a key of TIME_AXES)
 
     @property
     def has_curves(self) -> bool:
@@ -128,15 +136,19 @@ def build_table(
     references: Sequence[Reference] = (), reference_source: str = "",
     methods: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
     missing: Sequence[str] = (), source: str = "", description: str = "", reproduce: str = "",
-    history: History | None = None,
+    history: History | None = None, time_axis: str = "wall",
 ) -> StudyTable:
     """Group finished MLflow runs by (dataset, method) into rows with reference figures.
 
     ``methods``/``datasets`` fix the row/section order (a study's); otherwise sorted.
     ``metrics`` are the columns (keys without ``test_``); by default every test metric.
     With ``history``, each row also gets its runs' validation curves: the first of
-    ``metrics`` logged as ``val_<key>`` against :data:`SECONDS_KEY` at each validation.
+    ``metrics`` logged as ``val_<key>`` against the clock ``time_axis`` (a key of
+    :data:`TIME_AXES`: wall-clock or CPU seconds) at each validation.
     """
+    if time_axis not in TIME_AXES:
+        raise BenchbioError(f"unknown time axis {time_axis!r}; use {', '.join(TIME_AXES)}")
+    seconds_key = TIME_AXES[time_axis][0]
     runs = [r for r in runs if r.info.status == "FINISHED"]
     keys = list(metrics or sorted({k[5:] for r in runs for k in r.data.metrics
                                    if k.startswith("test_")}))
@@ -154,11 +166,11 @@ def build_table(
                 row.values.setdefault(key, []).append(float(run.data.metrics[f"test_{key}"]))
         if "run_seconds" in run.data.metrics:
             row.seconds.append(float(run.data.metrics["run_seconds"]))
-    curve_metric = _curve_metric(runs, keys) if history is not None else ""
+    curve_metric = _curve_metric(runs, keys, seconds_key) if history is not None else ""
     if curve_metric:
         for run in runs:
             tags = run.data.tags
-            curve = _curve(run.info.run_id, f"val_{curve_metric}", history)
+            curve = _curve(run.info.run_id, f"val_{curve_metric}", history, seconds_key)
             if curve:
                 by_key[(tags.get("dataset", "?"), tags.get("method", "?"))].curves.append(curve)
     order_m = list(methods or sorted({m for _, m in by_key}))
@@ -185,22 +197,23 @@ def build_table(
         commits=sorted({r.data.tags.get("git_commit", "unknown") for r in runs}),
         devices=sorted({r.data.tags.get("device", "unknown") for r in runs}),
         n_runs=len(runs), missing=list(missing), source=source, description=description,
-        reproduce=reproduce, curve_metric=curve_metric,
+        reproduce=reproduce, curve_metric=curve_metric, time_axis=time_axis,
     )
 
 
-def _curve_metric(runs: Sequence[Any], keys: Sequence[str]) -> str:
+def _curve_metric(runs: Sequence[Any], keys: Sequence[str], seconds_key: str) -> str:
     """The first column key some run logged both as ``val_<key>`` and with seconds."""
-    timed = [r for r in runs if SECONDS_KEY in r.data.metrics]
+    timed = [r for r in runs if seconds_key in r.data.metrics]
     for key in keys:
         if any(f"val_{key}" in r.data.metrics for r in timed):
             return key
     return ""
 
 
-def _curve(run_id: str, key: str, history: History) -> list[tuple[float, float]]:
+def _curve(run_id: str, key: str, history: History,
+           seconds_key: str = SECONDS_KEY) -> list[tuple[float, float]]:
     """``(seconds, value)`` at every step where the run logged both, by time."""
-    seconds = dict(history(run_id, SECONDS_KEY))
+    seconds = dict(history(run_id, seconds_key))
     values = dict(history(run_id, key))
     return sorted((float(seconds[step]), float(v)) for step, v in values.items()
                   if step in seconds)
@@ -240,9 +253,9 @@ def _provenance(table: StudyTable) -> list[str]:
         lines.append(f"No finished run yet for {len(table.missing)} cell(s): "
                      f"{'; '.join(table.missing)}.")
     if table.has_curves:
-        lines.append(f"curves.png: validation {table.curve_metric} against wall-clock minutes "
-                     "since each run's training began (one line per run); curves.csv: the "
-                     "same points.")
+        lines.append(f"curves.png: validation {table.curve_metric} against "
+                     f"{TIME_AXES[table.time_axis][1]} (one line per run); curves.csv: the "
+                     "same points in seconds.")
     if table.reproduce:
         lines.append(f"Reproduce: `{table.reproduce}`.")
     return lines
@@ -396,7 +409,8 @@ def curves_csv(table: StudyTable) -> str:
     """One line per validation: dataset, method, run index, seconds, value."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "method", "run", "seconds", f"val_{table.curve_metric}"])
+    writer.writerow(["dataset", "method", "run", f"{table.time_axis}_seconds",
+                     f"val_{table.curve_metric}"])
     for dataset, rows in table.rows.items():
         for r in rows:
             for k, curve in enumerate(r.curves):
@@ -406,8 +420,9 @@ def curves_csv(table: StudyTable) -> str:
 
 
 def save_curves(table: StudyTable, path: Path) -> None:
-    """Validation score against wall-clock minutes: one panel per dataset, one colour per
-    method, one line per run (seed), a marker at each validation."""
+    """Validation score against minutes of the table's clock (wall-clock or CPU): one panel
+    per dataset, one colour per method, one line per run (seed), a marker at each
+    validation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -416,7 +431,7 @@ def save_curves(table: StudyTable, path: Path) -> None:
     datasets = [d for d, rows in table.rows.items() if any(r.curves for r in rows)]
     if not datasets:
         raise BenchbioError("no validation curves to draw: no run logged "
-                            f"{SECONDS_KEY} beside a validation metric")
+                            f"{TIME_AXES[table.time_axis][0]} beside a validation metric")
     fig, axes = plt.subplots(1, len(datasets), squeeze=False,
                              figsize=(6.5 * len(datasets), 4.2))
     colors = plt.get_cmap("tab10").colors
@@ -426,7 +441,7 @@ def save_curves(table: StudyTable, path: Path) -> None:
                 minutes = [s / 60 for s, _ in curve]
                 ax.plot(minutes, [v for _, v in curve], marker="o", ms=3, lw=1.2,
                         color=colors[k % len(colors)], label=r.method if j == 0 else None)
-        ax.set_xlabel("wall-clock minutes since training began")
+        ax.set_xlabel(TIME_AXES[table.time_axis][1])
         ax.set_ylabel(f"validation {table.curve_metric} {_arrow(table.curve_metric)}")
         ax.set_title(dataset, fontsize=10)
         ax.grid(alpha=0.3)

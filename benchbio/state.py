@@ -74,6 +74,7 @@ class Progress:
     best_file: str | None = None
     metrics: list[tuple[str, float, int]] = field(default_factory=list)  # all logged
     elapsed: float = 0.0  # seconds spent by earlier attempts
+    cpu_elapsed: float = 0.0  # CPU seconds of the training process in earlier attempts
 
     def next_epoch(self) -> None:
         """The epoch is complete: the next one starts at its first batch, order undrawn."""
@@ -103,6 +104,7 @@ class TrainState:
         self.scheduler, self.scaler, self.order_generator = scheduler, scaler, order_generator
         self.progress = progress or Progress()
         self.started = time.time() if started is None else started  # this attempt's start
+        self.started_cpu = time.process_time()  # this process's CPU time at that start
 
     @classmethod
     def create(
@@ -130,6 +132,14 @@ class TrainState:
         return self.progress.elapsed + time.time() - self.started
 
     @property
+    def cpu_elapsed(self) -> float:
+        """CPU seconds of the training process so far (all its threads; loader worker
+        processes not included), over every attempt of the run. On one torch thread and
+        no workers this is the wall-clock time the run takes on a core of its own, however
+        loaded the machine."""
+        return self.progress.cpu_elapsed + time.process_time() - self.started_cpu
+
+    @property
     def lr(self) -> float:
         """The learning rate the next batch will use."""
         return float(self.optimizer.param_groups[0]["lr"])
@@ -141,7 +151,8 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "order_generator": self.order_generator.get_state(), "rng": rng_state(),
             "method_state": self.method.state(),
-            "progress": {**dataclasses.asdict(self.progress), "elapsed": self.elapsed},
+            "progress": {**dataclasses.asdict(self.progress), "elapsed": self.elapsed,
+                         "cpu_elapsed": self.cpu_elapsed},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -69,6 +69,7 @@ __all__ = [
     "evaluate_samples",
     "Trainer",
     "VAL_SECONDS",
+    "VAL_CPU_SECONDS",
     "train",
     "preflight",
     "resume_config",
@@ -323,6 +324,10 @@ def _best_name(epoch: int) -> str:
 #: fit, e.g. the guide search, and earlier validations included; summed over resumed
 #: attempts). ``benchbio report`` draws validation scores against it.
 VAL_SECONDS = "val_seconds"
+#: Logged beside :data:`VAL_SECONDS`: CPU seconds of the training process so far
+#: (:attr:`~benchbio.state.TrainState.cpu_elapsed`), a clock a loaded machine does not
+#: stretch when the run uses one thread (``benchbio report --time-axis cpu``).
+VAL_CPU_SECONDS = "val_cpu_seconds"
 
 
 class Trainer:
@@ -426,12 +431,13 @@ class Trainer:
 
     def validate(self, samples: Sequence[Sample]) -> dict[str, float]:
         """``val_<key>`` figures of the current model on ``samples`` (the dataset's
-        validation metric), and :data:`VAL_SECONDS`, the run's seconds so far, so that
-        every method's validation score can be drawn against wall-clock time."""
+        validation metric), and :data:`VAL_SECONDS` and :data:`VAL_CPU_SECONDS`, the run's
+        wall-clock and CPU seconds so far, so that every method's validation score can be
+        drawn against time."""
         preds = self._predict(samples, "val")
         val = evaluate_samples(preds, samples, self.val_metrics, self.dataset.eval_tile).mean
         return {**{f"val_{key}": float(value) for key, value in val.items()},
-                VAL_SECONDS: self.state.elapsed}
+                VAL_SECONDS: self.state.elapsed, VAL_CPU_SECONDS: self.state.cpu_elapsed}
 
     def end_epoch(self, figures: dict[str, float]) -> None:
         """Keep the weights if they validate best so far, save ``last.pt``, then log the

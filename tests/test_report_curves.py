@@ -78,6 +78,34 @@ def test_report_command_writes_curves_from_mlflow_histories(tmp_path, fast_store
     assert result.exit_code == 0, result.output
     assert (out / "curves.png").stat().st_size > 1000
     points = list(csv.DictReader((out / "curves.csv").open()))
-    assert [(p["method"], p["seconds"], p["val_sbd"]) for p in points] == [
+    assert [(p["method"], p["wall_seconds"], p["val_sbd"]) for p in points] == [
         ("embedseg", "33.0", "0.4"), ("harmonic", "61.0", "0.25"), ("harmonic", "122.0", "0.55")]
     assert "curves.png: validation sbd against wall-clock minutes" in (out / "table.md").read_text()
+
+
+def test_report_command_draws_cpu_seconds_with_time_axis_cpu(tmp_path, fast_store):
+    import mlflow
+
+    mlflow.set_experiment("tta-cpu")
+    with mlflow.start_run(tags={"method": "harmonic", "dataset": "synthetic-cells",
+                                "seed": "0"}):
+        for step, wall, cpu, value in [(9, 300.0, 55.0, 0.3), (19, 610.0, 110.0, 0.6)]:
+            mlflow.log_metric("val_sbd", value, step=step)
+            mlflow.log_metric(SECONDS_KEY, wall, step=step)
+            mlflow.log_metric("val_cpu_seconds", cpu, step=step)
+        mlflow.log_metric("test_sbd", 0.5)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", "--experiment", "tta-cpu", "--out", str(out),
+                                       "--metrics", "sbd", "--time-axis", "cpu"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    points = list(csv.DictReader((out / "curves.csv").open()))
+    assert [(p["cpu_seconds"], p["val_sbd"]) for p in points] == [("55.0", "0.3"),
+                                                                   ("110.0", "0.6")]
+    assert "against CPU minutes" in (out / "table.md").read_text()
+
+
+def test_unknown_time_axis_is_one_clear_error():
+    with pytest.raises(BenchbioError, match="unknown time axis 'gpu'"):
+        build_table([timed_run("harmonic", 0, [])], title="t", history=history,
+                    time_axis="gpu")

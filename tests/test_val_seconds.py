@@ -23,3 +23,6 @@ def test_each_validation_logs_val_seconds_at_its_epoch_increasing():
     val = [m.step for m in client.get_metric_history(result.run_id, "val_sbd")]
     assert [step for step, _ in seconds] == val == [1, 2]  # every 2nd epoch and the last
     assert 0 < seconds[0][1] < seconds[1][1] <= result.seconds
+    cpu = [(m.step, m.value) for m in client.get_metric_history(result.run_id,
+                                                                 "val_cpu_seconds")]
+    assert [step for step, _ in cpu] == [1, 2] and 0 < cpu[0][1] < cpu[1][1]

@@ -58,7 +58,11 @@ def _history(run_id: str, key: str) -> list[tuple[int, float]]:
               help="Comma-separated metric keys as columns [default: the spec's, else all].")
 @click.option("--title", default=None, help="Table title [default: the study or experiment].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report in the folder.")
-def command(spec, study, experiment, out_dir, metrics, title, overwrite) -> None:
+@click.option("--time-axis", type=click.Choice(["wall", "cpu"]), default="wall",
+              show_default=True,
+              help="Clock of curves.png: wall-clock seconds, or the training process's CPU "
+                   "seconds (fair on a shared machine for runs on one torch thread).")
+def command(spec, study, experiment, out_dir, metrics, title, overwrite, time_axis) -> None:
     """Write table.md, table.csv, table.tex and figure.png (and curves.png, curves.csv:
     validation score against time, when the runs logged val_seconds) for a study's runs.
 
@@ -93,7 +97,7 @@ def command(spec, study, experiment, out_dir, metrics, title, overwrite) -> None
             source=f"study `{study_spec.name}`, experiment `{study_spec.experiment}`, {uri}",
             description=study_spec.description,
             reproduce=f"benchbio sweep {spec} && benchbio report {spec} --overwrite",
-            history=_history,
+            history=_history, time_axis=time_axis,
         )
         out_dir = out_dir or study_spec.path.parent
     else:
@@ -104,6 +108,6 @@ def command(spec, study, experiment, out_dir, metrics, title, overwrite) -> None
         what = " and ".join(x for x in (f"study `{study}`" if study else "",
                                         f"experiment `{experiment}`" if experiment else "") if x)
         table = build_table(runs, title=title or study or experiment, metrics=keys,
-                            source=f"{what}, {uri}", history=_history)
+                            source=f"{what}, {uri}", history=_history, time_axis=time_axis)
     for path in write_report(table, out_dir, overwrite=overwrite):
         click.echo(f"wrote {path}")
