@@ -149,9 +149,10 @@ def forward_loss(
     accel: Acceleration,
 ) -> torch.Tensor:
     """The method's loss of one device batch (``image``, the crops' ``origin`` if given,
-    plus its targets), the network run under the run's autocast with its position maps
-    placed at each crop's origin, and the loss computed in float32."""
-    targets = dict(batch)
+    plus its targets): the method's :meth:`~benchbio.method.Method.device_targets` of the
+    batch, the network run under the run's autocast with its position maps placed at
+    each crop's origin, and the loss computed in float32."""
+    targets = dict(method.device_targets(batch))
     image, origins = targets.pop("image"), targets.pop("origin", None)
     with position_origins(forward, origins), accel.autocast():
         output = forward(image)

@@ -134,6 +134,20 @@ class Method:
         """
         raise NotImplementedError
 
+    def device_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Targets built from a whole collated batch on the training device.
+
+        The training step (:func:`benchbio.acceleration.forward_loss`) calls this once per
+        batch, after the batch (``image``, ``origin`` and what :meth:`targets` returned,
+        stacked) is on the device and before the forward pass; :meth:`loss` receives what
+        it returns, less ``image`` and ``origin``. A method whose targets are too large to
+        build and ship in a loader worker (PatchPerPix's patch per pixel) returns compact
+        inputs from :meth:`targets` and expands them here, vectorised over the batch, on
+        the device. It must not change ``batch`` itself (a benchmark steps on one device
+        batch again and again). Default: the batch itself, unchanged.
+        """
+        return batch
+
     def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar loss of a batch of network outputs against stacked targets."""
         raise NotImplementedError

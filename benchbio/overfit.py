@@ -3,7 +3,8 @@
 Every method declares how it is checked (:class:`benchbio.method.OverfitCheck`, the class
 attribute ``overfit``): a tiny network, a learning rate, a step budget, one generated
 image and a score to reach on it. :func:`overfit` trains the method's own network on that
-image with the method's own hooks (``fit``, ``build_model``, ``targets``, ``loss``) and
+image with the method's own hooks (``fit``, ``build_model``, ``targets``,
+``device_targets``, ``loss``, through the training loop's step) and
 scores it with the harness's prediction and evaluation path (``training.predict_samples``,
 ``training.evaluate_samples``), so a method whose targets, loss or post-processing cannot
 express the truth fails here, in seconds to minutes, before anyone spends GPU hours on
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .acceleration import forward_loss, resolve_acceleration
 from .method import Method, OverfitCheck
 from .registry import DATASETS, METHODS
 
@@ -89,8 +91,10 @@ def overfit(name: str, check: OverfitCheck, *, seed: int = 0, steps: int | None 
     device = torch.device("cpu")
     model = method.build_model(dataset.in_channels)
     image = torch.from_numpy(np.ascontiguousarray(sample.image))[None]
-    targets = {k: torch.from_numpy(np.ascontiguousarray(v))[None]
-               for k, v in method.targets(np.asarray(sample.instances), fg).items()}
+    batch = {"image": image, **{k: torch.from_numpy(np.ascontiguousarray(v))[None]
+                                for k, v in method.targets(np.asarray(sample.instances),
+                                                           fg).items()}}
+    accel = resolve_acceleration(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=check.lr)
     history: list[tuple[int, float, float]] = []
     train_seconds = 0.0
@@ -102,7 +106,7 @@ def overfit(name: str, check: OverfitCheck, *, seed: int = 0, steps: int | None 
         model.train()
         for _ in range(min(check.eval_every, budget - step)):
             optimizer.zero_grad(set_to_none=True)
-            loss = method.loss(model(image).float(), targets)
+            loss = forward_loss(method, model, batch, accel)  # the training loop's step
             loss.backward()
             optimizer.step()
             step += 1

@@ -77,6 +77,7 @@ __all__ = [
     "PatchPerPixOptions",
     "PatchPerPix",
     "patch_targets",
+    "device_patch_targets",
     "patchperpix_loss",
     "assemble",
 ]
@@ -177,9 +178,66 @@ def patch_targets(instances: np.ndarray, patch_size: int) -> np.ndarray:
     return out
 
 
+def device_patch_targets(
+    owner: torch.Tensor, members: torch.Tensor, patch_size: int, chunk: int = 1024
+) -> torch.Tensor:
+    """:func:`patch_targets` of a whole batch, built where the batch is (e.g. the GPU).
+
+    ``owner``: ``(B, H, W)`` owner maps (:func:`~benchbio.instances.owner_map`: 0
+    background, -1 overlap, 1..K the one owner); ``members``: ``(B, K, H, W)`` bool
+    masks of the crops' instances in the order the owner ids count them, read only at
+    overlap pixels, so ``K`` may be 0 for a crop without overlaps (collation pads with
+    empty masks). Returns ``(B, k*k, H, W)`` uint8, equal to :func:`patch_targets` of
+    each crop.
+
+    Vectorised: the windows of all offsets are one strided view of the padded owner map
+    (``Tensor.unfold``, no copy), compared with the centres in one broadcast operation
+    into the output's memory. Neighbours in an overlap are then looked up in the centre's
+    own mask, ``chunk`` overlap pixels (times k*k offsets) at a time, so the extra memory
+    is bounded whatever the crop size.
+    """
+    k, r = patch_size, patch_size // 2
+    b, h, w = owner.shape
+    # centres not owned by exactly one instance get -2, which no neighbour (>= -1) equals
+    centre = torch.where(owner > 0, owner, -2)[:, None, None]  # (B, 1, 1, H, W)
+    padded = F.pad(owner, (r, r, r, r))  # 0 outside: never an instance
+    windows = padded.unfold(1, h, 1).unfold(2, w, 1)  # (B, k, k, H, W) view, no copy
+    same = torch.empty((b, k, k, h, w), dtype=torch.bool, device=owner.device)
+    torch.eq(windows, centre, out=same)  # exact wherever the neighbour has one owner
+    if members.shape[1]:
+        # a neighbour n in an overlap is "same" for centre c = n - offset where the mask
+        # of c's one owner holds n
+        ob, oy, ox = (owner < 0).nonzero(as_tuple=True)
+        offsets = torch.arange(k * k, device=owner.device)
+        dy, dx = offsets // k, offsets % k
+        for start in range(0, len(ob), chunk):
+            nb, ny, nx = (t[start:start + chunk, None] for t in (ob, oy, ox))
+            cy, cx = ny - (dy - r), nx - (dx - r)  # (n, k*k)
+            inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+            nb, ny, nx = (t.expand_as(cy)[inside] for t in (nb, ny, nx))
+            cy, cx, d = cy[inside], cx[inside], offsets.expand(len(inside), -1)[inside]
+            own = owner[nb, cy, cx].long()
+            one = own > 0
+            nb, ny, nx, cy, cx, d, own = (t[one] for t in (nb, ny, nx, cy, cx, d, own))
+            same[nb, d // k, d % k, cy, cx] = members[nb, own - 1, ny, nx]
+    out = same.view(torch.uint8)
+    for d in range(k):  # offsets that fall outside the crop: a band along each border
+        s = d - r
+        if s < 0:
+            out[:, d, :, :-s] = IGNORE
+            out[:, :, d, :, :-s] = IGNORE
+        elif s > 0:
+            out[:, d, :, h - s:] = IGNORE
+            out[:, :, d, :, w - s:] = IGNORE
+    return out.reshape(b, k * k, h, w)
+
+
 def near_overlap_mask(instances: np.ndarray, max_dist: float) -> np.ndarray:
     """Pixels owned by one instance within ``max_dist`` of a pixel in two or more."""
-    owner = owner_map(instances)
+    return _near_overlap(owner_map(instances), max_dist)
+
+
+def _near_overlap(owner: np.ndarray, max_dist: float) -> np.ndarray:
     overlap = owner < 0
     if not overlap.any():
         return np.zeros(owner.shape, bool)
@@ -577,14 +635,35 @@ class PatchPerPix(Method):
     def targets(
         self, instances: np.ndarray, fg: np.ndarray | None, origin: tuple[int, int] = (0, 0)
     ) -> dict[str, np.ndarray]:
-        """``patch`` (k*k, H, W) uint8, ``count`` instances per pixel, ``near_overlap``."""
-        stack = to_stack(instances)
-        count = stack.sum(0) if len(stack) else np.zeros(instances.shape[-2:], np.int64)
+        """What a loader worker ships: ``owner`` (int32 owner map), ``members`` (the mask
+        stack where the crop has overlaps, else no masks), ``count`` instances per pixel
+        and ``near_overlap``; :meth:`device_targets` expands them to the patches, whose
+        ``k*k`` bytes per pixel (341 MB for a 448 x 448 crop, k = 41) are too many to
+        build and ship per crop."""
+        instances = np.asarray(instances)
+        owner = owner_map(instances)
+        h, w = owner.shape
+        overlap = bool((owner < 0).any())  # only then are masks needed beside the owners
+        if is_stack(instances):
+            stack = to_stack(instances)
+            count = stack.sum(0, dtype=np.int64) if len(stack) else np.zeros((h, w), np.int64)
+            members = stack if overlap else np.zeros((0, h, w), bool)
+        else:
+            count, members = (owner > 0).astype(np.int64), np.zeros((0, h, w), bool)
         return {
-            "patch": patch_targets(instances, self.opts.patch_size),
-            "count": count.astype(np.int64),
-            "near_overlap": near_overlap_mask(instances, self.opts.overlap_max_dist),
+            "owner": owner.astype(np.int32),
+            "members": members,
+            "count": count,
+            "near_overlap": _near_overlap(owner, self.opts.overlap_max_dist),
         }
+
+    def device_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with ``patch`` ``(B, k*k, H, W)`` uint8 (:func:`device_patch_targets`)
+        in place of ``owner`` and ``members``, built on the batch's device."""
+        out = dict(batch)
+        owner, members = out.pop("owner"), out.pop("members")
+        out["patch"] = device_patch_targets(owner, members, self.opts.patch_size)
+        return out
 
     def loss(self, output: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         o = self.opts

@@ -90,8 +90,8 @@ def fast_store(_isolated_env, _empty_store_template) -> str:
 def train_steps(method, images, instances, steps: int = 10, fg=None) -> list[float]:
     """Losses of ``steps`` Adam steps of a method's own model on fixed crops.
 
-    Uses only the method's hooks (build_model, targets, loss), so a test can check that
-    a method learns without the harness.
+    Uses only the method's hooks (build_model, targets, device_targets, loss), so a test
+    can check that a method learns without the harness.
     """
     import numpy as np
     import torch
@@ -101,8 +101,8 @@ def train_steps(method, images, instances, steps: int = 10, fg=None) -> list[flo
     from benchbio.training import collate_crops
 
     per_crop = [method.targets(inst, fg) for inst in instances]
-    targets = collate_crops([{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()}
-                             for d in per_crop])
+    targets = method.device_targets(collate_crops(
+        [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in per_crop]))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(steps):

@@ -16,7 +16,14 @@ from benchbio.datasets.synthetic import make_cells, make_worms
 from benchbio.errors import BenchbioError
 from benchbio.evaluation import evaluate
 from benchbio.instances import to_stack
-from benchbio.methods.patchperpix import IGNORE, patch_targets, patchperpix_loss
+from benchbio.methods.patchperpix import (
+    IGNORE,
+    device_patch_targets,
+    near_overlap_mask,
+    patch_targets,
+    patchperpix_loss,
+)
+from benchbio.training import collate_crops
 
 
 def oracle_output(instances: np.ndarray, k: int, count_head: bool) -> torch.Tensor:
@@ -51,8 +58,8 @@ def test_loss_by_hand_foreground_head():
     # the image, each ln 2, divided by the patch size 9; foreground BCE ln 2 per pixel.
     labels = np.array([[1, 0]])
     method = create_method("patchperpix", patch_size=3)
-    targets = {k: torch.from_numpy(np.asarray(v))[None] for k, v in
-               method.targets(labels, None).items()}
+    targets = method.device_targets({k: torch.from_numpy(np.asarray(v))[None] for k, v in
+                                     method.targets(labels, None).items()})
     loss = method.loss(torch.zeros(1, 10, 1, 2), targets)
     assert loss.item() == pytest.approx(math.log(2) * (1 + 2 / 9))
 
@@ -73,6 +80,72 @@ def test_loss_by_hand_count_head_and_overlap_share():
     # a confident, correct output has (almost) no loss
     assert patchperpix_loss(oracle_output(stack, 3, True)[None], patch, count, near,
                             patch_size=3, count_head=True).item() < 1e-6
+
+
+def _crop_batch(method, crops):
+    """Collated loader items of ``crops`` (what a loader worker ships)."""
+    return collate_crops([{k: torch.from_numpy(np.asarray(v)) for k, v in
+                           method.targets(c, None).items()} for c in crops])
+
+
+def _worm_crops(size=36):
+    """Mask stacks with overlaps, one crop without any, one with no instance at all."""
+    crops = [make_worms(seed, size=size)[1] for seed in range(3)]
+    assert all((c.sum(0) > 1).any() for c in crops)
+    return crops + [crops[0][:1], crops[0][:0]]
+
+
+@pytest.mark.parametrize("k", [3, 7, 15])
+def test_device_targets_equal_the_per_crop_patch_targets(k):
+    """The batch's patches, built by device_targets from what the loader ships, are
+    patch_targets of each crop, bit for bit: overlaps (a neighbour in an overlap counts
+    for each of its instances), crops padded with empty masks, offsets outside the crop,
+    label images, and overlaps spread over several chunks."""
+    method = create_method("patchperpix", patch_size=k)
+    stacks = _worm_crops()
+    batch = _crop_batch(method, stacks)
+    expected = np.stack([patch_targets(c, k) for c in stacks])
+    got = method.device_targets(batch)
+    assert set(got) == {"patch", "count", "near_overlap"}
+    assert got["patch"].dtype == torch.uint8
+    np.testing.assert_array_equal(got["patch"].numpy(), expected)
+    np.testing.assert_array_equal(
+        device_patch_targets(batch["owner"], batch["members"], k, chunk=5).numpy(), expected)
+    np.testing.assert_array_equal(got["count"].numpy(),
+                                  np.stack([to_stack(c).sum(0) for c in stacks]))
+    np.testing.assert_array_equal(got["near_overlap"].numpy(),
+                                  np.stack([near_overlap_mask(c, 15) for c in stacks]))
+    labels = [make_cells(seed, size=30)[1] for seed in range(2)]
+    got = method.device_targets(_crop_batch(method, labels))
+    np.testing.assert_array_equal(got["patch"].numpy(),
+                                  np.stack([patch_targets(c, k) for c in labels]))
+
+
+def test_loader_ships_no_patches_and_no_masks_without_overlaps():
+    method = create_method("patchperpix", patch_size=41)
+    _, labels = make_cells(0, size=64)
+    item = method.targets(labels, None)
+    assert item["members"].shape == (0, 64, 64) and item["owner"].dtype == np.int32
+    assert sum(v.nbytes for v in item.values()) < 64 * 64 * 16  # not k*k bytes a pixel
+    stack = _worm_crops()[0]
+    assert method.targets(stack, None)["members"].shape == to_stack(stack).shape
+
+
+def test_loss_equals_the_loss_of_the_per_crop_targets():
+    """The loss of a batch through device_targets equals the loss of the dense targets
+    the loader used to build per crop (patch_targets, count, near_overlap_mask)."""
+    k = 7
+    method = create_method("patchperpix", patch_size=k, head="count")
+    stacks = _worm_crops()
+    old = {"patch": torch.from_numpy(np.stack([patch_targets(c, k) for c in stacks])),
+           "count": torch.from_numpy(np.stack([to_stack(c).sum(0) for c in stacks])),
+           "near_overlap": torch.from_numpy(np.stack([near_overlap_mask(c, 15)
+                                                      for c in stacks]))}
+    output = torch.randn(len(stacks), method.out_channels, *stacks[0].shape[1:],
+                         generator=torch.Generator().manual_seed(0))
+    new = method.device_targets(_crop_batch(method, stacks))
+    assert method.loss(output, new).item() == pytest.approx(method.loss(output, old).item(),
+                                                            rel=1e-6)
 
 
 def test_oracle_cells_give_sbd_one():

@@ -315,3 +315,59 @@ def test_every_method_takes_the_crops_origin(name):
 
     method = METHODS.create(name)
     assert "origin" in inspect.signature(method.targets).parameters
+
+
+def test_device_targets_run_once_per_batch_on_the_device(monkeypatch, tmp_path):
+    """The training step gives each collated batch, already on the run's device, to the
+    method's device_targets exactly once, and the loss receives what it returned (less
+    image and origin)."""
+    import benchbio.training as training
+
+    monkeypatch.setenv("BENCHBIO_CACHE", str(tmp_path))
+    config = tiny_config()  # 4 training images, batch 2, 2 epochs: 4 steps
+    method, dataset = training.build(config)
+    calls, seen_by_loss = [], []
+    real_targets, real_loss = method.device_targets, method.loss
+
+    def device_targets(batch):
+        calls.append({k: v.device for k, v in batch.items()})
+        return {**real_targets(batch), "added_on_device": torch.ones(len(batch["image"]))}
+
+    def loss(output, targets):
+        seen_by_loss.append(sorted(targets))
+        return real_loss(output, {k: v for k, v in targets.items() if k != "added_on_device"})
+
+    monkeypatch.setattr(method, "device_targets", device_targets)
+    monkeypatch.setattr(method, "loss", loss)
+    training.train(config, method, dataset, tmp_path)
+    assert len(calls) == len(seen_by_loss) == 4
+    assert all({"image", "origin"} <= set(c) for c in calls)
+    assert all(d == torch.device("cpu") for c in calls for d in c.values())
+    assert all("added_on_device" in keys and "image" not in keys and "origin" not in keys
+               for keys in seen_by_loss)
+
+
+def test_default_device_targets_leave_the_batch_unchanged():
+    """A method that does not override the hook gets its batch back, the same object with
+    the same tensors, so its training steps are what they were before the hook."""
+    from benchbio.data import Sample
+    from benchbio.method import Method
+    from benchbio.training import CropDataset, collate_crops
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((24, 24), np.int64)
+    labels[3:10, 3:12], labels[14:22, 8:20] = 1, 2
+    samples = [Sample("a", rng.random((1, 24, 24)).astype(np.float32), labels)]
+    checked = 0
+    for name in METHODS.names():
+        method = METHODS.create(name)
+        if type(method).device_targets is not Method.device_targets:
+            continue
+        if name.startswith("harmonic"):
+            continue  # its targets need fitted guides; the hook is the base class's anyway
+        batch = collate_crops([CropDataset(samples, method, 16, (1.0, 1.0), 0, False)[0]])
+        copy = {k: v.clone() for k, v in batch.items()}
+        out = method.device_targets(batch)
+        assert out is batch and all(torch.equal(batch[k], copy[k]) for k in copy)
+        checked += 1
+    assert checked >= 2
