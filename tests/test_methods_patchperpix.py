@@ -82,6 +82,16 @@ def test_loss_by_hand_count_head_and_overlap_share():
                             patch_size=3, count_head=True).item() < 1e-6
 
 
+def reference_patchperpix_targets(method, instances: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-crop targets the loader built before the patches moved to the device
+    (``benchmarks/bench_dataloader.py --reference`` times them): dense k*k patches."""
+    stack = to_stack(instances)
+    count = stack.sum(0) if len(stack) else np.zeros(instances.shape[-2:], np.int64)
+    return {"patch": patch_targets(instances, method.opts.patch_size),
+            "count": count.astype(np.int64),
+            "near_overlap": near_overlap_mask(instances, method.opts.overlap_max_dist)}
+
+
 def _crop_batch(method, crops):
     """Collated loader items of ``crops`` (what a loader worker ships)."""
     return collate_crops([{k: torch.from_numpy(np.asarray(v)) for k, v in
@@ -137,10 +147,8 @@ def test_loss_equals_the_loss_of_the_per_crop_targets():
     k = 7
     method = create_method("patchperpix", patch_size=k, head="count")
     stacks = _worm_crops()
-    old = {"patch": torch.from_numpy(np.stack([patch_targets(c, k) for c in stacks])),
-           "count": torch.from_numpy(np.stack([to_stack(c).sum(0) for c in stacks])),
-           "near_overlap": torch.from_numpy(np.stack([near_overlap_mask(c, 15)
-                                                      for c in stacks]))}
+    old = collate_crops([{key: torch.from_numpy(v) for key, v in
+                          reference_patchperpix_targets(method, c).items()} for c in stacks])
     output = torch.randn(len(stacks), method.out_channels, *stacks[0].shape[1:],
                          generator=torch.Generator().manual_seed(0))
     new = method.device_targets(_crop_batch(method, stacks))
@@ -233,3 +241,28 @@ def test_benchbio_run_on_a_mask_stack_dataset():
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "avs" in result.output and "ap" in result.output
+
+
+def test_bench_dataloader_times_the_device_targets_apart(tmp_path):
+    """The data-path benchmark reports the patches built on the device in their own
+    column, not in the workers' figure; before #17 they were the worker's, per crop."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_dataloader
+
+    out = tmp_path / "dataloader.md"
+    assert bench_dataloader.main([
+        "--dataset", "synthetic-cells", "--size", "48", "--crop", "32", "--images", "2",
+        "--samples", "2", "--batch", "2", "--rounds", "1", "--reference",
+        "--methods", "patchperpix", "embedseg", "--out", str(out)]) == 0
+    rows = {cells[0]: cells for line in out.read_text().splitlines()
+            if line.startswith("| ") and len(cells := [c.strip() for c in
+                                                        line.strip("|").split("|")]) == 10}
+    assert "device targets ms" in rows["method"][-1]
+    assert float(rows["patchperpix"][-1]) > 0.0  # built on the device
+    assert float(rows["embedseg"][-1]) == 0.0
+    assert float(rows["patchperpix (before #17)"][-1]) == 0.0
+    # the worker ships owner maps, not 41 x 41 patches per pixel
+    assert float(rows["patchperpix"][7]) < float(rows["patchperpix (before #17)"][7]) / 50
