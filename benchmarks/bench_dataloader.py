@@ -10,7 +10,8 @@ feed about N times it. What a method builds from the whole batch on the training
 (``Method.device_targets``, e.g. PatchPerPix's patches) is not the workers' work: it is
 timed apart, here on the CPU, and reported in its own column (ms per sample). Methods
 are timed in rotating order over ``--rounds`` rounds in one process and the median is
-reported, so their figures are comparable even on a shared machine. Decoding is timed once per image (images are decoded once and kept).
+reported, so their figures are comparable even on a shared machine. Decoding is timed
+once per image (images are decoded once and kept).
 
 Images: CVPPP A1 (530 x 500) from ``--data-dir`` when present, else synthetic-cells
 generated at ``--size`` (512) pixels. ``--reference`` adds, for each method, the data
