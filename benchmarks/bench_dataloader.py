@@ -8,7 +8,7 @@ method's targets, and the collation of ``--batch`` samples into a batch. One tor
 thread, no worker processes: the figure is what each of N workers adds, so N workers
 feed about N times it. What a method builds from the whole batch on the training device
 (``Method.device_targets``, e.g. PatchPerPix's patches) is not the workers' work: it is
-timed apart, here on the CPU, and reported in its own column (ms per sample). Methods
+timed apart, here on the CPU, and reported in its own column (CPU ms per sample). Methods
 are timed in rotating order over ``--rounds`` rounds in one process and the median is
 reported, so their figures are comparable even on a shared machine. Decoding is timed
 once per image (images are decoded once and kept).
@@ -151,7 +151,7 @@ class Timed:
 
         with reference_code() if self.reference else contextlib.nullcontext():
             self.crops.epoch = epoch
-            t_item = t_col = t_aug = t_dev = cpu_dev = 0.0
+            t_item = t_col = t_aug = cpu_dev = 0.0
             items = []
             cpu0 = time.process_time()
             for k in range(count):
@@ -166,9 +166,8 @@ class Timed:
                                            for v in collated.values())
                     items = []
                     # the device's part (the training step's), timed apart from the worker's
-                    c1, t1 = time.process_time(), time.perf_counter()
+                    c1 = time.process_time()
                     self.method.device_targets(collated)
-                    t_dev += time.perf_counter() - t1
                     cpu_dev += time.process_time() - c1
                     del collated
             cpu = time.process_time() - cpu0 - cpu_dev
@@ -182,7 +181,7 @@ class Timed:
         self.rates.append(count / (t_item + t_col))
         self.cpu_rates.append(count / max(cpu, 1e-9))
         for key, value in (("item", t_item), ("augment", t_aug), ("collate", t_col),
-                           ("device", t_dev)):
+                           ("device", cpu_dev)):  # the device's part in CPU seconds
             self.stages[key].append(1000 * value / count)
 
 
@@ -263,7 +262,7 @@ def render(a, argv, dataset, shape, decode_s, runs, load_before, load_after) -> 
         f"| method | samples per CPU-second (median) | samples/s, wall clock | range over "
         f"rounds (wall) | ms per sample: augment | "
         f"targets ms (item - augment) | collate ms | batch of {a.batch} (MB) | "
-        f">= {a.target:g}/s | device targets ms (CPU, not a worker's) |",
+        f">= {a.target:g}/s | device targets: CPU ms per sample |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: |",
     ]
     for t in runs:
@@ -290,8 +289,8 @@ def render(a, argv, dataset, shape, decode_s, runs, load_before, load_after) -> 
               f"{a.target:g}/s); the >= column judges samples per CPU-second. The last "
               "column is what the method builds from each collated batch on the training "
               "device (`Method.device_targets`, part of the training step, not of a "
-              "worker's work), per sample, measured here on one CPU thread; 0 where the "
-              "method builds nothing there."]
+              "worker's work): CPU milliseconds per sample of this single-threaded process; "
+              "0 where the method builds nothing there."]
     return lines
 
 

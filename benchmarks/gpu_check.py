@@ -16,8 +16,10 @@ still leaves what it measured):
     tiled inference, mean-shift on the GPU equal to the CPU's); they skip without CUDA;
 (b) training steps per second and peak GPU memory of every registered method at paper
     scale (448 x 448 crops, width 64, 7 x 7 kernels, batch 4 and 16) in float32, with
-    AMP, with AMP and channels-last, and (harmonic) compiled; plus what the loader feeds
-    with pinned memory and persistent workers, to show whether it keeps up;
+    AMP, with AMP and channels-last, and (harmonic) compiled; each timed step is the
+    training loop's (``forward_loss``), so it includes what a method builds from the batch
+    on the device (``Method.device_targets``: PatchPerPix's patches); plus what the loader
+    feeds with pinned memory and persistent workers, to show whether it keeps up;
 (d) a short paper-scale harmonic training on CVPPP for ``--train-minutes`` through the
     harness's own loop, with its validation SBD;
 (c) inference per megapixel with that model: network, post-processing (mean-shift on
@@ -252,8 +254,9 @@ def training_throughput(ctx) -> list[str]:
     lines = [f"Fixed batches already on the device (the loader is measured below); "
              f"{scale['crop']} x {scale['crop']} crops of `{ctx.dataset_name}`, width "
              f"{scale['width']}, {scale['kernel_size']} x {scale['kernel_size']} kernels, "
-             f"Adam; median of {ctx.steps} steps after {ctx.warmup} warm-up steps. Peak: "
-             "`torch.cuda.max_memory_allocated` of the step.", "",
+             f"Adam; median of {ctx.steps} steps after {ctx.warmup} warm-up steps; a step "
+             "includes the targets a method builds on the device (`Method.device_targets`). "
+             "Peak: `torch.cuda.max_memory_allocated` of the step.", "",
              "| method | batch | variant | step (ms) | samples/s | peak GPU memory (MiB) "
              "| first step (s) |", "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for name in METHODS.names():
