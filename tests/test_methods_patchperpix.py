@@ -260,7 +260,7 @@ def test_bench_dataloader_times_the_device_targets_apart(tmp_path):
     rows = {cells[0]: cells for line in out.read_text().splitlines()
             if line.startswith("| ") and len(cells := [c.strip() for c in
                                                         line.strip("|").split("|")]) == 10}
-    assert "device targets ms" in rows["method"][-1]
+    assert "device targets: CPU ms" in rows["method"][-1]
     assert float(rows["patchperpix"][-1]) > 0.0  # built on the device
     assert float(rows["embedseg"][-1]) == 0.0
     assert float(rows["patchperpix (before #17)"][-1]) == 0.0
