@@ -59,6 +59,11 @@ class Guides:
     def n(self) -> int:
         return len(self.params)
 
+    def __getstate__(self) -> dict:
+        """Pickles and copies leave out what was derived and kept on the object (the
+        harmonic method's guide plane, ``_plane``): they would ship megabytes of it."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
     def evaluate(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Guide values ``(N, len(points))`` at pixel coordinates (rows ``ys``, cols ``xs``)."""
         p = np.asarray(self.params, dtype=np.float64)

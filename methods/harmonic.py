@@ -55,7 +55,7 @@ from benchbio.registry import register_method
 
 __all__ = [
     "HarmonicOptions", "Harmonic", "harmonic", "harmonic_targets", "harmonic_table",
-    "expand_targets", "guide_maps",
+    "expand_targets", "guide_maps", "guide_plane", "GuidePlane",
 ]
 
 #: Frequency ranges of the random start (radians per reference extent), per family and
@@ -146,67 +146,141 @@ class HarmonicOptions(MethodOptions):
     fg_weight: float = 1.0
 
 
-def _maps_by_pixel(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Float32 ``(N, H, W)`` maps, and the same values as ``(H * W, N)`` (pixel-major)
-    in float32 and float64."""
-    by_pixel = np.ascontiguousarray(maps.reshape(len(maps), -1).T)
-    return maps, by_pixel, by_pixel.astype(np.float64)
+#: Largest guide plane kept (bytes, float32 and float64 copies together): 256 MiB holds
+#: 12 guides over 1.86 megapixels, a 696 x 520 image rescaled by 2.
+PLANE_MAX_BYTES = 256 * 2**20
+
+
+@dataclass
+class GuidePlane:
+    """Guide values over the image pixels ``[top, top + height) x [left, left + width)``,
+    pixel-major: row ``(y - top) * width + (x - left)`` of ``by_pixel`` (float32) and
+    ``by_pixel64`` (the same values in float64) holds the N guides at pixel (y, x).
+
+    A guide is a fixed function of a pixel's position in its image, so a crop at any
+    origin inside the plane reads its values from the plane (:meth:`window_rows`) instead
+    of evaluating N sines per pixel again; the values are those of
+    ``guides.maps(height, width, origin)``, bit for bit.
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    by_pixel: np.ndarray
+    by_pixel64: np.ndarray
+
+    def covers(self, origin: tuple[int, int], height: int, width: int) -> bool:
+        oy, ox = origin
+        return (self.top <= oy and oy + height <= self.top + self.height
+                and self.left <= ox and ox + width <= self.left + self.width)
+
+    def window_rows(self, origin: tuple[int, int], height: int, width: int) -> np.ndarray:
+        """Rows of the plane for the ``height x width`` window at ``origin``, in pixel
+        order (the window's pixel ``i`` is plane row ``window_rows(...)[i]``)."""
+        y, x = int(origin[0] - self.top), int(origin[1] - self.left)
+        ys, xs = np.arange(y, y + height, dtype=np.intp), np.arange(x, x + width, dtype=np.intp)
+        return (ys[:, None] * self.width + xs[None, :]).ravel()
+
+    def window_maps(self, origin: tuple[int, int], height: int, width: int) -> np.ndarray:
+        """The window's float32 ``(N, height, width)`` maps (a fresh C-contiguous array)."""
+        y, x = int(origin[0] - self.top), int(origin[1] - self.left)
+        grid = self.by_pixel.reshape(self.height, self.width, -1)
+        return np.ascontiguousarray(grid[y:y + height, x:x + width].transpose(2, 0, 1))
+
+
+def _window_values(guides: Guides, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """``(height, width, N)`` float32 guide values of a window of the image."""
+    return guides.maps(height, width, (top, left)).astype(np.float32).transpose(1, 2, 0)
+
+
+def _plane(guides: Guides, top: int, left: int, height: int, width: int,
+           old: GuidePlane | None = None) -> GuidePlane:
+    """The plane over a window; the part ``old`` covers (same top-left) is copied."""
+    values = np.empty((height, width, guides.n), np.float32)
+    h0, w0 = (old.height, old.width) if old is not None else (0, 0)
+    if old is not None:
+        values[:h0, :w0] = old.by_pixel.reshape(h0, w0, -1)
+    if w0 < width and h0:
+        values[:h0, w0:] = _window_values(guides, top, left + w0, h0, width - w0)
+    if h0 < height:
+        values[h0:] = _window_values(guides, top + h0, left, height - h0, width)
+    by_pixel = values.reshape(height * width, guides.n)
+    return GuidePlane(top, left, height, width, by_pixel, by_pixel.astype(np.float64))
+
+
+def guide_plane(
+    guides: Guides, origin: tuple[int, int], height: int, width: int
+) -> GuidePlane:
+    """A :class:`GuidePlane` covering the ``height x width`` window at ``origin``.
+
+    Training crops lie at random origins of their (randomly rescaled) images, and
+    evaluating N sines over a 448 x 448 crop cost 40 ms, seven times the rest of the
+    targets. So one plane from pixel (0, 0) is kept on the guides object (for the values
+    of its parameters: changed guides get a new one; copies and pickles leave it out)
+    and grown, in steps of 64 pixels, to the largest image seen; crops then only read
+    it. Windows at negative or fractional origins, or beyond :data:`PLANE_MAX_BYTES`,
+    get a plane of their own, not kept.
+    """
+    oy, ox = origin
+    if oy < 0 or ox < 0 or oy != int(oy) or ox != int(ox):
+        return _plane(guides, oy, ox, height, width)
+    oy, ox = int(oy), int(ox)
+    key = (np.asarray(guides.params, np.float64).tobytes(), float(guides.ref_height),
+           float(guides.ref_width))
+    kept_key, plane = guides.__dict__.get("_plane", (None, None))
+    if kept_key != key:
+        plane = None
+    elif plane.covers((oy, ox), height, width):
+        return plane
+    grow_to = [-(-max(need, have) // 64) * 64 for need, have in
+               ((oy + height, plane.height if plane else 0),
+                (ox + width, plane.width if plane else 0))]
+    if grow_to[0] * grow_to[1] * guides.n * 12 > PLANE_MAX_BYTES:
+        return _plane(guides, oy, ox, height, width)
+    plane = _plane(guides, 0, 0, *grow_to, old=plane)
+    for arr in (plane.by_pixel, plane.by_pixel64):
+        arr.setflags(write=False)  # shared by every crop
+    guides.__dict__["_plane"] = (key, plane)
+    return plane
 
 
 def guide_maps(
     guides: Guides, height: int, width: int, origin: tuple[int, int] = (0, 0)
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``guides.maps(height, width, origin)`` as float32 ``(N, H, W)``, and the same values
-    as ``(H * W, N)`` (pixel-major) in float32 and float64.
-
-    At ``origin`` (0, 0) (crop coordinates) every crop of a run needs the same maps:
-    evaluating twelve sines over 448 x 448 pixels for each crop was half the cost of a
-    training sample, so these are computed once per guides and size, kept on the guides
-    object (a few sizes at most) and shared, hence read-only. Maps at another origin (a
-    crop at its position in its image) differ from crop to crop and are computed afresh.
-    """
-    if tuple(origin) != (0, 0):
-        return _maps_by_pixel(guides.maps(height, width, origin).astype(np.float32))
-    key = (np.asarray(guides.params, np.float64).tobytes(), float(guides.ref_height),
-           float(guides.ref_width), int(height), int(width))
-    cache = guides.__dict__.setdefault("_maps_cache", {})
-    found = cache.get(key)
-    if found is None:
-        maps = guides.maps(height, width).astype(np.float32)
-        maps, by_pixel, by_pixel64 = _maps_by_pixel(maps)
-        for arr in (maps, by_pixel, by_pixel64):
-            arr.setflags(write=False)
-        if len(cache) >= 4:  # a run uses one crop size; tests use a few
-            cache.pop(next(iter(cache)))
-        found = cache[key] = (maps, by_pixel, by_pixel64)
-    return found
+) -> np.ndarray:
+    """``guides.maps(height, width, origin)`` as float32 ``(N, H, W)``, read from the
+    kept :func:`guide_plane` (bit for bit the same values, without the sines)."""
+    return guide_plane(guides, origin, height, width).window_maps(origin, height, width)
 
 
-def _sums_by_label(labels: np.ndarray, counts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``(L, N)`` float64 sums of the rows of ``values`` ``(P, N)`` per label 0..L-1.
+def _sums_by_label(labels: np.ndarray, counts: np.ndarray, values: np.ndarray,
+                   rows: np.ndarray) -> np.ndarray:
+    """``(L, N)`` float64 sums of the rows ``rows[i]`` of ``values`` over the pixels ``i``
+    of each label 0..L-1.
 
     One sparse product of a one-hot matrix whose rows list each label's pixels in pixel
     order: scipy accumulates them one by one in float64, the same sums as one
-    ``bincount(labels, values[:, j])`` per column, bit for bit, four times faster.
+    ``bincount(labels, values[rows, j])`` per column, bit for bit, four times faster.
     """
     small = labels.astype(np.uint16) if len(counts) <= 65536 else labels  # radix sort
     order = np.argsort(small, kind="stable")
     indptr = np.concatenate([[0], np.cumsum(counts)])
-    onehot = sparse.csr_matrix((np.ones(len(labels)), order, indptr),
-                               shape=(len(counts), len(labels)))
+    onehot = sparse.csr_matrix((np.ones(len(labels)), rows[order], indptr),
+                               shape=(len(counts), len(values)))
     return np.asarray(onehot @ values)
 
 
-def _background_mean(background: np.ndarray, by_pixel: np.ndarray) -> np.ndarray:
-    """``by_pixel[background].mean(0)`` (float32, summed row by row in pixel order), as
-    one sparse product; zeros where there is no background."""
+def _background_mean(background: np.ndarray, values: np.ndarray,
+                     rows: np.ndarray) -> np.ndarray:
+    """Float32 mean of the rows ``rows[i]`` of ``values`` over the pixels ``i`` where
+    ``background`` is set (summed one by one in pixel order), as one sparse product;
+    zeros where there is no background."""
     count = int(background.sum())
     if count == 0:
-        return np.zeros(by_pixel.shape[1])
-    rows = np.flatnonzero(background)
-    pick = sparse.csr_matrix((np.ones(count, np.float32), rows, [0, count]),
-                             shape=(1, len(background)))
-    total = np.asarray(pick @ by_pixel)[0]
+        return np.zeros(values.shape[1])
+    pick = sparse.csr_matrix((np.ones(count, np.float32), rows[background], [0, count]),
+                             shape=(1, len(values)))
+    total = np.asarray(pick @ values)[0]
     return np.true_divide(total, np.intp(count), out=total, casting="unsafe")
 
 
@@ -232,19 +306,21 @@ def harmonic_table(
     every guide.
     """
     h, w = instances.shape[-2:]
-    maps, by_pixel, by_pixel64 = guide_maps(guides, h, w, origin)
+    plane = guide_plane(guides, origin, h, w)
+    rows = plane.window_rows(origin, h, w)
     owner = owner_map(instances)
     if is_stack(instances):
         stack = to_stack(instances).astype(np.float32)
         area = stack.sum(axis=(1, 2))
+        maps = plane.window_maps(origin, h, w)
         means = np.einsum("khw,nhw->kn", stack, maps) / np.maximum(area, 1)[:, None]
         n_obj = len(stack)
     else:
         n_obj = int(owner.max(initial=0))
         counts = np.bincount(owner.ravel(), minlength=n_obj + 1)
-        sums = _sums_by_label(owner.ravel(), counts, by_pixel64)
+        sums = _sums_by_label(owner.ravel(), counts, plane.by_pixel64, rows)
         means = (sums / np.maximum(counts.astype(np.float32), 1)[:, None])[1:]
-    bg_mean = _background_mean(owner.ravel() == 0, by_pixel)
+    bg_mean = _background_mean(owner.ravel() == 0, plane.by_pixel, rows)
     table = np.vstack([bg_mean[None], means]).astype(np.float32)  # row 0 = background
     if fg is not None:
         weight = (owner > 0) & np.asarray(fg, bool)

@@ -4,6 +4,9 @@ and the same targets, bit for bit, so CPU training figures do not move."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -275,6 +278,53 @@ def test_guide_maps_cache_follows_the_guides():
     assert not np.array_equal(a, b)
     assert np.array_equal(b, reference_harmonic_targets(g2, np.ones((10, 12), int),
                                                         None)["embedding"])
+
+
+def test_guide_maps_at_any_origin_are_the_guides_maps_bit_for_bit(monkeypatch):
+    """Windows read from the kept guide plane, as it grows (the part it had is copied,
+    the new strips evaluated), and windows that get a plane of their own (negative or
+    fractional origins, beyond the size limit) all hold guides.maps' values exactly."""
+    from benchbio.methods import harmonic
+
+    g = _guides(n=5)
+    windows = [((0, 0), 9, 13), ((3, 70), 20, 11), ((90, 2), 30, 40), ((0, 0), 9, 13),
+               ((64, 64), 64, 64), ((200, 150), 7, 70), ((5, 6), 1, 1), ((-3, 4), 10, 12),
+               ((2.5, 0), 6, 8), ((17, 0.25), 5, 5)]
+    for origin, h, w in windows:
+        got = harmonic.guide_maps(g, h, w, origin)
+        want = g.maps(h, w, origin).astype(np.float32)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.array_equal(got, want), (origin, h, w)
+    plane = harmonic.guide_plane(g, (0, 0), 1, 1)
+    assert (plane.height, plane.width) == (256, 256)  # grown in steps of 64, kept
+    assert not plane.by_pixel.flags.writeable
+    assert "_plane" in vars(g) and "_plane" not in vars(copy.deepcopy(g))
+    assert len(pickle.dumps(g)) < 2000  # the kept plane (7 MB here) is not pickled
+    monkeypatch.setattr(harmonic, "PLANE_MAX_BYTES", 256 * 256 * 5 * 12)
+    far = harmonic.guide_plane(g, (300, 0), 10, 10)  # beyond the limit: its own plane
+    assert (far.top, far.left, far.height, far.width) == (300, 0, 10, 10)
+    assert harmonic.guide_plane(g, (1, 1), 10, 10) is plane
+    assert np.array_equal(harmonic.guide_maps(g, 10, 10, (300, 0)),
+                          g.maps(10, 10, (300, 0)).astype(np.float32))
+    g.params[0, 2] += 0.5  # changed in place: a new plane for the new values
+    assert np.array_equal(harmonic.guide_maps(g, 10, 10, (3, 4)),
+                          g.maps(10, 10, (3, 4)).astype(np.float32))
+
+
+def test_harmonic_targets_read_far_into_a_grown_plane_equal_the_reference():
+    """Targets of crops at origins that make the kept plane grow, and of crops inside it
+    afterwards, are the reference's (maps evaluated per crop) bit for bit."""
+    rng = np.random.default_rng(17)
+    g = _guides(n=7, size=90)
+    for origin in [(0, 0), (130, 5), (7, 190), (60, 61), (250, 250), (1, 2)]:
+        h, w = int(rng.integers(20, 70)), int(rng.integers(20, 70))
+        labels = random_labels(rng, h, w, int(rng.integers(1, 12)), sparse=True)
+        stack = random_stack(rng, h, w, 4)
+        for instances in (labels, stack):
+            got = harmonic_targets(g, instances, None, origin)
+            want = reference_harmonic_targets(g, instances, None, origin)
+            for key in want:
+                assert np.array_equal(got[key], want[key]), (origin, key)
 
 
 @pytest.mark.parametrize("name", ["discriminative", "embedseg"])
