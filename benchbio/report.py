@@ -66,6 +66,8 @@ class Row:
     seeds: list[str] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     curves: list[list[tuple[float, float]]] = field(default_factory=list)  # (seconds, val)
+    #: curves of runs that have not finished (running, stopped, failed): drawn, not scored
+    unfinished_curves: list[list[tuple[float, float]]] = field(default_factory=list)
     reference: dict[str, float] = field(default_factory=dict)
     reference_label: str = ""
     best: set[str] = field(default_factory=set)
@@ -103,6 +105,7 @@ class StudyTable:
     commits: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     n_runs: int = 0
+    n_unfinished: int = 0  # unfinished runs whose curves are drawn (dashed)
     missing: list[str] = field(default_factory=list)
     source: str = ""
     description: str = ""
@@ -112,7 +115,7 @@ class StudyTable:
 
     @property
     def has_curves(self) -> bool:
-        return any(r.curves for rows in self.rows.values() for r in rows)
+        return any(r.curves or r.unfinished_curves for rows in self.rows.values() for r in rows)
 
     def has_reference(self, dataset: str, key: str) -> bool:
         return any(key in r.reference for r in self.rows[dataset])
@@ -137,6 +140,7 @@ def build_table(
     methods: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
     missing: Sequence[str] = (), source: str = "", description: str = "", reproduce: str = "",
     history: History | None = None, time_axis: str = "wall",
+    unfinished: bool = False,
 ) -> StudyTable:
     """Group finished MLflow runs by (dataset, method) into rows with reference figures.
 
@@ -144,15 +148,18 @@ def build_table(
     ``metrics`` are the columns (keys without ``test_``); by default every test metric.
     With ``history``, each row also gets its runs' validation curves: the first of
     ``metrics`` logged as ``val_<key>`` against the clock ``time_axis`` (a key of
-    :data:`TIME_AXES`: wall-clock or CPU seconds) at each validation.
+    :data:`TIME_AXES`: wall-clock or CPU seconds) at each validation. With
+    ``unfinished``, runs that have not finished (a study in progress, a stopped run) add
+    their curves too, drawn dashed; only finished runs give table figures.
     """
     if time_axis not in TIME_AXES:
         raise BenchbioError(f"unknown time axis {time_axis!r}; use {', '.join(TIME_AXES)}")
     seconds_key = TIME_AXES[time_axis][0]
+    others = [r for r in runs if r.info.status != "FINISHED"] if unfinished else []
     runs = [r for r in runs if r.info.status == "FINISHED"]
     keys = list(metrics or sorted({k[5:] for r in runs for k in r.data.metrics
                                    if k.startswith("test_")}))
-    if not runs and not references:
+    if not runs and not references and not others:
         raise BenchbioError(f"no finished runs for {source or title} and no reference figures; "
                             "run the study first (`benchbio sweep SPEC.toml`)")
     by_key: dict[tuple[str, str], Row] = {}
@@ -166,13 +173,20 @@ def build_table(
                 row.values.setdefault(key, []).append(float(run.data.metrics[f"test_{key}"]))
         if "run_seconds" in run.data.metrics:
             row.seconds.append(float(run.data.metrics["run_seconds"]))
-    curve_metric = _curve_metric(runs, keys, seconds_key) if history is not None else ""
+    if others and not keys:
+        keys = sorted({k[4:] for r in others for k in r.data.metrics if k.startswith("val_")
+                       and k not in ("val_seconds", "val_cpu_seconds")})
+    curve_metric = (_curve_metric(runs + others, keys, seconds_key) if history is not None
+                    else "")
     if curve_metric:
-        for run in runs:
+        for run in runs + others:
             tags = run.data.tags
             curve = _curve(run.info.run_id, f"val_{curve_metric}", history, seconds_key)
-            if curve:
-                by_key[(tags.get("dataset", "?"), tags.get("method", "?"))].curves.append(curve)
+            if not curve:
+                continue
+            key = (tags.get("dataset", "?"), tags.get("method", "?"))
+            row = by_key.setdefault(key, Row(*key))
+            (row.curves if run in runs else row.unfinished_curves).append(curve)
     order_m = list(methods or sorted({m for _, m in by_key}))
     order_d = list(datasets or sorted({d for d, _ in by_key} | {r.dataset for r in references}))
     for dataset in datasets or ():
@@ -188,15 +202,17 @@ def build_table(
     for dataset in order_d:
         measured = [by_key[(dataset, m)] for m in order_m if (dataset, m) in by_key]
         extra = [r for (d, m), r in by_key.items() if d == dataset and m not in order_m]
-        extra_measured = sorted((r for r in extra if r.runs), key=lambda r: r.method)
-        ref_only = [r for r in extra if not r.runs]  # in the references' order
+        extra_measured = sorted((r for r in extra if r.runs or r.unfinished_curves),
+                                key=lambda r: r.method)
+        ref_only = [r for r in extra if not (r.runs or r.unfinished_curves)]
         rows[dataset] = measured + extra_measured + ref_only
         _mark_best([r for r in rows[dataset] if r.runs], keys)
     return StudyTable(
         title=title, metrics=keys, rows=rows, reference_source=reference_source,
         commits=sorted({r.data.tags.get("git_commit", "unknown") for r in runs}),
         devices=sorted({r.data.tags.get("device", "unknown") for r in runs}),
-        n_runs=len(runs), missing=list(missing), source=source, description=description,
+        n_runs=len(runs), n_unfinished=len(others), missing=list(missing), source=source,
+        description=description,
         reproduce=reproduce, curve_metric=curve_metric, time_axis=time_axis,
     )
 
@@ -256,6 +272,9 @@ def _provenance(table: StudyTable) -> list[str]:
         lines.append(f"curves.png: validation {table.curve_metric} against "
                      f"{TIME_AXES[table.time_axis][1]} (one line per run); curves.csv: the "
                      "same points in seconds.")
+        if table.n_unfinished:
+            lines.append(f"Dashed curves: {table.n_unfinished} run(s) not finished (running, "
+                         "stopped or failed): drawn as far as they got, not in the table.")
     if table.reproduce:
         lines.append(f"Reproduce: `{table.reproduce}`.")
     return lines
@@ -406,16 +425,19 @@ def save_figure(table: StudyTable, path: Path) -> None:
 
 
 def curves_csv(table: StudyTable) -> str:
-    """One line per validation: dataset, method, run index, seconds, value."""
+    """One line per validation: dataset, method, run index, whether the run finished,
+    seconds, value."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "method", "run", f"{table.time_axis}_seconds",
+    writer.writerow(["dataset", "method", "run", "finished", f"{table.time_axis}_seconds",
                      f"val_{table.curve_metric}"])
     for dataset, rows in table.rows.items():
         for r in rows:
-            for k, curve in enumerate(r.curves):
+            curves = [(c, "yes") for c in r.curves] + [(c, "no") for c in r.unfinished_curves]
+            for k, (curve, finished) in enumerate(curves):
                 for seconds, value in curve:
-                    writer.writerow([dataset, r.method, k, f"{seconds:.1f}", f"{value:.6g}"])
+                    writer.writerow([dataset, r.method, k, finished, f"{seconds:.1f}",
+                                     f"{value:.6g}"])
     return buf.getvalue()
 
 
@@ -428,7 +450,8 @@ def save_curves(table: StudyTable, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = [d for d, rows in table.rows.items() if any(r.curves for r in rows)]
+    datasets = [d for d, rows in table.rows.items()
+                if any(r.curves or r.unfinished_curves for r in rows)]
     if not datasets:
         raise BenchbioError("no validation curves to draw: no run logged "
                             f"{TIME_AXES[table.time_axis][0]} beside a validation metric")
@@ -436,11 +459,14 @@ def save_curves(table: StudyTable, path: Path) -> None:
                              figsize=(6.5 * len(datasets), 4.2))
     colors = plt.get_cmap("tab10").colors
     for ax, dataset in zip(axes.flat, datasets):
-        for k, r in enumerate(r for r in table.rows[dataset] if r.curves):
-            for j, curve in enumerate(r.curves):
+        drawn = [r for r in table.rows[dataset] if r.curves or r.unfinished_curves]
+        for k, r in enumerate(drawn):
+            curves = [(c, "-") for c in r.curves] + [(c, "--") for c in r.unfinished_curves]
+            for j, (curve, style) in enumerate(curves):
                 minutes = [s / 60 for s, _ in curve]
+                label = (r.method + ("" if r.curves else " (unfinished)")) if j == 0 else None
                 ax.plot(minutes, [v for _, v in curve], marker="o", ms=3, lw=1.2,
-                        color=colors[k % len(colors)], label=r.method if j == 0 else None)
+                        ls=style, color=colors[k % len(colors)], label=label)
         ax.set_xlabel(TIME_AXES[table.time_axis][1])
         ax.set_ylabel(f"validation {table.curve_metric} {_arrow(table.curve_metric)}")
         ax.set_title(dataset, fontsize=10)

@@ -109,3 +109,50 @@ def test_unknown_time_axis_is_one_clear_error():
     with pytest.raises(BenchbioError, match="unknown time axis 'gpu'"):
         build_table([timed_run("harmonic", 0, [])], title="t", history=history,
                     time_axis="gpu")
+
+
+def test_unfinished_runs_add_dashed_curves_but_no_table_figures():
+    HISTORY["embedseg1"] = [(19, 50.0, 0.6), (39, 99.0, 0.8)]
+    try:
+        runs = [timed_run("harmonic", 0, HISTORY["harmonic0"]),
+                timed_run("embedseg", 1, HISTORY["embedseg1"], status="RUNNING")]
+        without = build_table(runs, title="t", metrics=["sbd"], history=history)
+        assert [r.method for r in without.rows["synthetic-cells"]] == ["harmonic"]
+        table = build_table(runs, title="t", metrics=["sbd"], history=history,
+                            unfinished=True)
+        rows = {r.method: r for r in table.rows["synthetic-cells"]}
+        assert rows["embedseg"].runs == 0 and rows["embedseg"].values == {}
+        assert rows["embedseg"].unfinished_curves == [[(50.0, 0.6), (99.0, 0.8)]]
+        assert table.n_runs == 1 and table.n_unfinished == 1
+        lines = list(csv.DictReader(io.StringIO(curves_csv(table))))
+        assert [(p["method"], p["finished"]) for p in lines] == [  # rows sorted by name
+            ("embedseg", "no"), ("embedseg", "no"), ("harmonic", "yes"), ("harmonic", "yes")]
+    finally:
+        del HISTORY["embedseg1"]
+
+
+def test_report_command_unfinished_draws_a_running_run(tmp_path, fast_store):
+    import mlflow
+
+    mlflow.set_experiment("tta-running")
+    with mlflow.start_run(tags={"method": "harmonic", "dataset": "synthetic-cells",
+                                "seed": "0"}):
+        mlflow.log_metric("test_sbd", 0.5)
+        mlflow.log_metric("val_sbd", 0.4, step=9)
+        mlflow.log_metric(SECONDS_KEY, 30.0, step=9)
+    run = mlflow.start_run(tags={"method": "embedseg", "dataset": "synthetic-cells",
+                                 "seed": "0"})
+    mlflow.log_metric("val_sbd", 0.7, step=9)
+    mlflow.log_metric(SECONDS_KEY, 20.0, step=9)
+    mlflow.end_run(status="KILLED")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", "--experiment", "tta-running", "--out",
+                                       str(out), "--metrics", "sbd", "--unfinished"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    points = list(csv.DictReader((out / "curves.csv").open()))
+    assert {(p["method"], p["finished"]) for p in points} == {("harmonic", "yes"),
+                                                             ("embedseg", "no")}
+    assert run.info.run_id  # the killed run is drawn, the table has the finished one
+    table = (out / "table.md").read_text()
+    assert "Dashed curves: 1 run(s) not finished" in table

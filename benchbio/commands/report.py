@@ -10,8 +10,10 @@ from ..errors import BenchbioError
 
 
 def _latest_per_cell(runs: list) -> list:
-    """One run per config hash (the newest; runs come newest first); untagged runs kept."""
+    """One run per config hash (the newest finished one, else the newest; runs come newest
+    first); untagged runs kept."""
     seen, out = set(), []
+    runs = sorted(runs, key=lambda r: r.info.status != "FINISHED")  # stable: newest first
     for run in runs:
         key = run.data.tags.get("config_hash") or run.info.run_id
         if key not in seen:
@@ -20,7 +22,8 @@ def _latest_per_cell(runs: list) -> list:
     return out
 
 
-def _runs(experiment: str | None, study: str | None, must_exist: bool = True) -> list:
+def _runs(experiment: str | None, study: str | None, must_exist: bool = True,
+          unfinished: bool = False) -> list:
     import mlflow
 
     if experiment:
@@ -34,7 +37,7 @@ def _runs(experiment: str | None, study: str | None, must_exist: bool = True) ->
         names = [e.name for e in mlflow.search_experiments()]
     if not names:
         return []
-    filters = ["attributes.status = 'FINISHED'"]
+    filters = [] if unfinished else ["attributes.status = 'FINISHED'"]
     if study:
         filters.append(f"tags.study = '{study}'")
     return mlflow.search_runs(experiment_names=names, filter_string=" and ".join(filters),
@@ -62,7 +65,11 @@ def _history(run_id: str, key: str) -> list[tuple[int, float]]:
               show_default=True,
               help="Clock of curves.png: wall-clock seconds, or the training process's CPU "
                    "seconds (fair on a shared machine for runs on one torch thread).")
-def command(spec, study, experiment, out_dir, metrics, title, overwrite, time_axis) -> None:
+@click.option("--unfinished", is_flag=True,
+              help="Also draw the validation curves of runs that have not finished "
+                   "(running, stopped, failed), dashed; the table keeps finished runs only.")
+def command(spec, study, experiment, out_dir, metrics, title, overwrite, time_axis,
+            unfinished) -> None:
     """Write table.md, table.csv, table.tex and figure.png (and curves.png, curves.csv:
     validation score against time, when the runs logged val_seconds) for a study's runs.
 
@@ -86,9 +93,10 @@ def command(spec, study, experiment, out_dir, metrics, title, overwrite, time_ax
         cells = plan_cells(study_spec)
         wanted = {c.config_hash for c in cells}
         runs = [r for r in _latest_per_cell(_runs(experiment or study_spec.experiment,
-                                                  study_spec.name, must_exist=False))
+                                                  study_spec.name, must_exist=False,
+                                                  unfinished=unfinished))
                 if r.data.tags.get("config_hash") in wanted]
-        have = {r.data.tags.get("config_hash") for r in runs}
+        have = {r.data.tags.get("config_hash") for r in runs if r.info.status == "FINISHED"}
         table = build_table(
             runs, title=title or study_spec.name, metrics=keys or study_spec.metrics or None,
             references=study_spec.references, reference_source=study_spec.reference_source,
@@ -97,17 +105,18 @@ def command(spec, study, experiment, out_dir, metrics, title, overwrite, time_ax
             source=f"study `{study_spec.name}`, experiment `{study_spec.experiment}`, {uri}",
             description=study_spec.description,
             reproduce=f"benchbio sweep {spec} && benchbio report {spec} --overwrite",
-            history=_history, time_axis=time_axis,
+            history=_history, time_axis=time_axis, unfinished=unfinished,
         )
         out_dir = out_dir or study_spec.path.parent
     else:
         if out_dir is None:
             raise BenchbioError("--out DIR is needed without a SPEC (a spec's report goes "
                                 "beside it)")
-        runs = _latest_per_cell(_runs(experiment, study))
+        runs = _latest_per_cell(_runs(experiment, study, unfinished=unfinished))
         what = " and ".join(x for x in (f"study `{study}`" if study else "",
                                         f"experiment `{experiment}`" if experiment else "") if x)
         table = build_table(runs, title=title or study or experiment, metrics=keys,
-                            source=f"{what}, {uri}", history=_history, time_axis=time_axis)
+                            source=f"{what}, {uri}", history=_history, time_axis=time_axis,
+                            unfinished=unfinished)
     for path in write_report(table, out_dir, overwrite=overwrite):
         click.echo(f"wrote {path}")
