@@ -94,6 +94,7 @@ class TrainState:
         scheduler: LRScheduler, scaler: torch.amp.GradScaler, order_generator: torch.Generator,
         progress: Progress | None = None, started: float | None = None,
         accel: Acceleration | None = None, forward: torch.nn.Module | None = None,
+        started_cpu: float | None = None,
     ) -> None:
         self.method, self.model, self.optimizer = method, model, optimizer
         # how the model runs (not state: a resumed run may run differently); ``forward`` is
@@ -104,19 +105,20 @@ class TrainState:
         self.scheduler, self.scaler, self.order_generator = scheduler, scaler, order_generator
         self.progress = progress or Progress()
         self.started = time.time() if started is None else started  # this attempt's start
-        self.started_cpu = time.process_time()  # this process's CPU time at that start
+        # this process's CPU time at that start
+        self.started_cpu = time.process_time() if started_cpu is None else started_cpu
 
     @classmethod
     def create(
         cls, method: Method, in_channels: int, device: torch.device, *, lr: float,
         schedule: str, total_steps: int, seed: int, started: float | None = None,
-        accel: Acceleration | None = None,
+        accel: Acceleration | None = None, started_cpu: float | None = None,
     ) -> TrainState:
         """A fresh state: the method's network on ``device`` (prepared by ``accel``, the
         run's device options; default: ``device``'s defaults), Adam at ``lr``, the
         schedule over ``total_steps`` batches, a gradient scaler (active for fp16 AMP),
-        the order generator seeded with ``seed``; ``started``: when this attempt began
-        (default now)."""
+        the order generator seeded with ``seed``; ``started``, ``started_cpu``: when this
+        attempt began, by the wall clock and by the process's CPU clock (default now)."""
         accel = accel or resolve_acceleration(device)
         model, forward = accel.prepare_model(method.build_model(in_channels))
         order_generator = torch.Generator().manual_seed(seed)
@@ -124,7 +126,7 @@ class TrainState:
         scheduler = make_scheduler(optimizer, schedule, total_steps)
         scaler = accel.grad_scaler()
         return cls(method, model, optimizer, scheduler, scaler, order_generator, started=started,
-                   accel=accel, forward=forward)
+                   accel=accel, forward=forward, started_cpu=started_cpu)
 
     @property
     def elapsed(self) -> float:

@@ -496,7 +496,7 @@ def train(
     loaded. ``workdir`` receives ``best.pt`` and the test overlay. Without a terminal on
     stdout, one plain line per epoch reports progress (:mod:`benchbio.progress`)."""
     log = log_metric or (lambda *_: None)
-    start = time.time()
+    start, start_cpu = time.time(), time.process_time()
     checkpoints = Path(checkpoints or workdir)
     checkpoints.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
@@ -516,7 +516,8 @@ def train(
     steps = len(train_samples) // min(config.batch_size, len(train_samples))
     state = TrainState.create(method, dataset.in_channels, device, lr=config.lr,
                               schedule=config.lr_schedule, total_steps=config.epochs * steps,
-                              seed=config.seed, started=start, accel=acceleration(config))
+                              seed=config.seed, started=start, started_cpu=start_cpu,
+                              accel=acceleration(config))
     trainer = Trainer(config, dataset, state, train_samples, device, checkpoints, log=log,
                       stop=stop)
     if saved is not None:
