@@ -64,13 +64,20 @@ class OverfitCheck:
 
     :func:`benchbio.overfit.overfit` trains the method's own network (built with
     ``options``) on image 0 of the ``dataset``'s train split (with ``dataset_options``)
-    with Adam at ``lr`` for up to ``steps`` full-image steps, scores that image with the
+    with Adam at ``lr`` (under ``lr_schedule``, a name of
+    :data:`benchbio.state.LR_SCHEDULES` over ``steps``, as ``benchbio run
+    --lr-schedule``) for up to ``steps`` full-image steps, scores that image with the
     result key ``metric`` every ``eval_every`` steps and passes once the score reaches
-    ``threshold``. ``in_suite``: False leaves the method to ``benchmarks/overfit.py``
+    ``threshold`` within ``steps`` and ``cpu_seconds`` (CPU time of the check's single
+    torch thread, ``time.process_time()``, so the budget does not depend on what else the
+    machine runs). ``in_suite``: False leaves the method to ``benchmarks/overfit.py``
     only (the test suite's time budget); :func:`register_variant` sets it for variants,
-    whose hooks their base's check covers. The standard checks, which name dataset
-    plugins, are plugin-side: ``benchbio.datasets.synthetic.OVERFIT_CHECK`` (what a
-    method that declares none gets) and ``OVERLAPS_CHECK``.
+    whose hooks their base's check covers. ``cannot_pass``: None, or why the method
+    cannot reach ``threshold`` by design (its measured best is in
+    ``results/bench/overfit.md``); such a check is never in the suite, and is declared,
+    not skipped silently. The standard checks, which name dataset plugins, are
+    plugin-side: ``benchbio.datasets.synthetic.OVERFIT_CHECK`` (what a method that
+    declares none gets) and ``OVERLAPS_CHECK``.
     """
 
     dataset: str
@@ -78,10 +85,18 @@ class OverfitCheck:
     dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"width": 16})
     lr: float = 3e-3
+    lr_schedule: str = "constant"
     steps: int = 600
     eval_every: int = 50
     threshold: float = 0.95
+    cpu_seconds: float = 120.0
     in_suite: bool = True
+    cannot_pass: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cannot_pass and self.in_suite:
+            raise ValueError("an overfit check that cannot pass cannot be in the test suite "
+                             "(give in_suite=False)")
 
 
 class Method:
@@ -177,7 +192,8 @@ class Method:
 
 
 def register_variant(
-    name: str, base: type[Method], description: str, **overrides: Any
+    name: str, base: type[Method], description: str, *,
+    overfit: dict[str, Any] | None = None, **overrides: Any
 ) -> Callable[..., Method]:
     """Register method ``name``: ``base`` with other option defaults, in one line.
 
@@ -185,10 +201,13 @@ def register_variant(
     factory creates ``base`` with ``dict(overrides, **options)``, so options given on the
     command line still win, and the variant is ``base`` in everything (hooks, options
     dataclass, checks) but its name and those defaults. Returns the factory.
+    ``overfit``: changes to the base's overfit check for this variant (e.g. its own
+    ``lr``, or ``cannot_pass`` with the reason); the variant's check is out of the test
+    suite (its hooks are its base's, which the base's check runs there) and is run by
+    ``benchmarks/overfit.py``.
     """
-    # The variant's hooks are its base's, which the base's overfit check runs in the test
-    # suite; the variant itself is checked by benchmarks/overfit.py.
-    check = dataclasses.replace(base.overfit, in_suite=False) if base.overfit else None
+    check = (dataclasses.replace(base.overfit, **{**(overfit or {}), "in_suite": False})
+             if base.overfit else None)
     cls = type(f"{base.__name__}Variant", (base,),
                {"name": name, "__doc__": description, "__module__": base.__module__,
                 "overfit": check})
