@@ -72,12 +72,12 @@ class OverfitCheck:
     torch thread, ``time.process_time()``, so the budget does not depend on what else the
     machine runs). ``in_suite``: False leaves the method to ``benchmarks/overfit.py``
     only (the test suite's time budget); :func:`register_variant` sets it for variants,
-    whose hooks their base's check covers. ``cannot_pass``: None, or why the method
-    cannot reach ``threshold`` by design (its measured best is in
-    ``results/bench/overfit.md``); such a check is never in the suite, and is declared,
-    not skipped silently. The standard checks, which name dataset plugins, are
-    plugin-side: ``benchbio.datasets.synthetic.OVERFIT_CHECK`` (what a method that
-    declares none gets) and ``OVERLAPS_CHECK``.
+    whose hooks their base's check covers. ``cannot_pass``: None, or why the method does
+    not reach ``threshold`` within the budget (by design, or measured too slow), with its
+    measured best (the table: ``results/bench/overfit.md``); such a check is never in
+    the suite, and is declared, not skipped silently. The standard checks, which name
+    dataset plugins, are plugin-side: ``benchbio.datasets.synthetic.OVERFIT_CHECK`` (what
+    a method that declares none gets) and ``OVERLAPS_CHECK``.
     """
 
     dataset: str

@@ -595,11 +595,15 @@ class PatchPerPix(Method):
 
     name = "patchperpix"
     Options = PatchPerPixOptions
-    #: Its output may overlap: one synthetic-worms image, COCO AP >= 0.9, with a patch
-    #: that fits the 128-pixel image on a CPU. Out of the suite until measured to pass
-    #: (``python benchmarks/overfit.py patchperpix``).
-    overfit = replace(OVERLAPS_CHECK, options={"width": 16, "kernel_size": 3, "patch_size": 15},
-                      in_suite=False)
+    #: Its output may overlap (mask stacks from the count head): one synthetic-worms
+    #: image, COCO AP >= 0.9, with a patch that fits the 128-pixel image on a CPU.
+    overfit = replace(
+        OVERLAPS_CHECK, options={"width": 16, "kernel_size": 3, "patch_size": 15},
+        in_suite=False, cannot_pass=(
+            "not within the budget: COCO AP 0.36 after 400 steps (84 CPU s; 0.15 / 0.30 at "
+            "steps 200 / 300): 7 instances for 10 worms, one of them 3 worms merged, the "
+            "others at IoU 0.78-0.87 on the 3-px-wide worms where AP 0.9 needs about 0.9; "
+            "lr and patch size not yet tuned"))
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
