@@ -1,4 +1,5 @@
-"""``benchmarks/rescore.py``: a run's best checkpoint re-scored with changed clustering."""
+"""The sparse regime's diagnostics: ``benchmarks/rescore.py`` (a run's best checkpoint
+re-scored with changed clustering) and ``benchmarks/harmonic_targets_check.py``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from benchbio.guides import Guides
 from benchbio.registry import DATASETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import harmonic_targets_check  # noqa: E402
 import rescore  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -62,3 +64,20 @@ def test_main_prints_one_row_per_variant(best_pt, monkeypatch, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [r.split(" | ")[0] for r in rows] == [
         "| options", "| (run)", "| eps=0.7", "| cluster_kernel=gaussian,eps=0.6"]
+
+
+def test_targets_check_counts_every_object_and_scores_each_noise_and_bandwidth(
+        tmp_path, monkeypatch, capsys):
+    guides = Guides(np.array([[9.0, 0.0, 0.1], [0.0, 9.0, 0.3], [-7.0, 0.0, 0.5],
+                              [0.0, -7.0, 0.7]]), 32.0, 32.0)
+    path = tmp_path / "guides.json"
+    path.write_text(json.dumps({**guides.to_json(), "search": {}}))  # a run's guides.json
+    options = [f"--data-opt={k}={v}" for k, v in DATASET_OPTIONS.items()]
+    monkeypatch.setattr(sys, "argv", ["harmonic_targets_check.py", str(path), *options,
+                                      "--noise", "0", "0.1", "--eps", "0.5"])
+    harmonic_targets_check.main()
+    out = capsys.readouterr().out
+    samples = DATASETS.create("synthetic-cells", **DATASET_OPTIONS).split("test")
+    assert f"({sum(int(s.instances.max()) for s in samples)} objects)" in out
+    assert [r.split(" | ")[:2] for r in out.splitlines() if r.startswith("| 0")] == [
+        ["| 0.0", "0.5"], ["| 0.1", "0.5"]]
