@@ -185,3 +185,36 @@ def tiny_options(options_type: type) -> dict:
 
     fields = {f.name for f in dataclasses.fields(options_type)}
     return {k: v for k, v in TINY_VALUES.items() if k in fields}
+
+
+def tiny_untrained_harmonic(size: float, in_channels: int):
+    """``(method, model)``: harmonic with 4 random guides over a ``size``-pixel image,
+    width 4, 3x3 kernels, its network untrained (seed 0): a checkpoint's contents."""
+    import numpy as np
+    import torch
+
+    import benchbio
+    from benchbio.guides import Guides
+
+    rng = np.random.default_rng(0)
+    guides = Guides(np.c_[rng.uniform(-20, 20, (4, 2)), rng.uniform(0, 3, 4)], size, size)
+    method = benchbio.create_method("harmonic", n_guides=4, width=4, kernel_size=3)
+    method.load_state({"guides": guides.to_json()})
+    torch.manual_seed(0)
+    return method, method.build_model(in_channels)
+
+
+def bench_dataloader_report(tmp_path, *methods: str) -> str:
+    """The text ``benchmarks/bench_dataloader.py`` writes for ``methods`` on tiny
+    synthetic crops, with the pre-issue-17 reference path beside them."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_dataloader
+
+    out = tmp_path / "dataloader.md"
+    assert bench_dataloader.main([
+        "--dataset", "synthetic-cells", "--size", "48", "--crop", "32", "--images", "2",
+        "--samples", "2", "--batch", "2", "--rounds", "1", "--reference",
+        "--methods", *methods, "--out", str(out)]) == 0
+    return out.read_text()

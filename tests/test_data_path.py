@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bench_dataloader_report
 from skimage.segmentation import relabel_sequential
 
 import benchbio
@@ -386,18 +387,7 @@ def test_collate_crops_pads_ragged_targets_with_zeros():
 
 @pytest.mark.slow
 def test_bench_dataloader_runs_and_reports_every_asked_method(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench_dataloader
-
-    out = tmp_path / "dataloader.md"
-    assert bench_dataloader.main([
-        "--dataset", "synthetic-cells", "--size", "48", "--crop", "32", "--images", "2",
-        "--samples", "2", "--batch", "2", "--rounds", "1", "--reference",
-        "--methods", "harmonic", "embedseg", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = bench_dataloader_report(tmp_path, "harmonic", "embedseg")
     for row in ("| harmonic |", "| harmonic (before #17) |", "| embedseg |",
                 "| embedseg (before #17) |"):
         assert row in text

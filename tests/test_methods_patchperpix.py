@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import train_steps
+from conftest import bench_dataloader_report, train_steps
 
 from benchbio import create_method
 from benchbio.cli import main
@@ -246,18 +246,8 @@ def test_benchbio_run_on_a_mask_stack_dataset():
 def test_bench_dataloader_times_the_device_targets_apart(tmp_path):
     """The data-path benchmark reports the patches built on the device in their own
     column, not in the workers' figure; before #17 they were the worker's, per crop."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import bench_dataloader
-
-    out = tmp_path / "dataloader.md"
-    assert bench_dataloader.main([
-        "--dataset", "synthetic-cells", "--size", "48", "--crop", "32", "--images", "2",
-        "--samples", "2", "--batch", "2", "--rounds", "1", "--reference",
-        "--methods", "patchperpix", "embedseg", "--out", str(out)]) == 0
-    rows = {cells[0]: cells for line in out.read_text().splitlines()
+    text = bench_dataloader_report(tmp_path, "patchperpix", "embedseg")
+    rows = {cells[0]: cells for line in text.splitlines()
             if line.startswith("| ") and len(cells := [c.strip() for c in
                                                         line.strip("|").split("|")]) == 10}
     assert "device targets: CPU ms" in rows["method"][-1]

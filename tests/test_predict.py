@@ -7,11 +7,10 @@ import pytest
 import tifffile
 import torch
 from click.testing import CliRunner
+from conftest import tiny_untrained_harmonic
 from PIL import Image
 
-import benchbio
 from benchbio.cli import main
-from benchbio.guides import Guides
 from benchbio.inference import load_checkpoint, predict_image, read_input
 from benchbio.io import read_scores
 
@@ -21,12 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A ``best.pt`` as `benchbio run` writes it, for an untrained tiny harmonic model."""
-    rng = np.random.default_rng(0)
-    guides = Guides(np.c_[rng.uniform(-20, 20, (4, 2)), rng.uniform(0, 3, 4)], 48.0, 48.0)
-    method = benchbio.create_method("harmonic", n_guides=4, width=4, kernel_size=3)
-    method.load_state({"guides": guides.to_json()})
-    torch.manual_seed(0)
-    model = method.build_model(3)
+    method, model = tiny_untrained_harmonic(48.0, 3)
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     torch.save({
         "method": "harmonic", "method_options": method.options(), "dataset": "folder",

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_untrained_harmonic
 
-import benchbio
 from benchbio.guides import Guides
 from benchbio.registry import DATASETS
 
@@ -28,12 +28,7 @@ DATASET_OPTIONS = {"size": 32, "n_train": 1, "n_val": 1, "n_test": 2, "sparse": 
 def best_pt(tmp_path) -> Path:
     """``artifacts/checkpoint/best.pt`` and ``artifacts/config.json`` as a run logs them,
     for an untrained tiny harmonic model on tiny sparse synthetic cells."""
-    rng = np.random.default_rng(0)
-    guides = Guides(np.c_[rng.uniform(-20, 20, (4, 2)), rng.uniform(0, 3, 4)], 32.0, 32.0)
-    method = benchbio.create_method("harmonic", n_guides=4, width=4, kernel_size=3)
-    method.load_state({"guides": guides.to_json()})
-    torch.manual_seed(0)
-    model = method.build_model(1)
+    method, model = tiny_untrained_harmonic(32.0, 1)
     artifacts = tmp_path / "artifacts"
     (artifacts / "checkpoint").mkdir(parents=True)
     (artifacts / "config.json").write_text(json.dumps(
