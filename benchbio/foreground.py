@@ -21,7 +21,14 @@ import torch.nn.functional as F
 
 from .instances import owner_map
 
-__all__ = ["foreground_target", "head_targets", "foreground_loss", "predicted_foreground"]
+__all__ = ["head_channels", "foreground_target", "head_targets", "foreground_loss",
+           "predicted_foreground"]
+
+
+def head_channels(background: str) -> int:
+    """Output channels a method's ``background`` option adds: 1 for ``head`` (a
+    foreground logit, the network's last channel), else 0."""
+    return int(background == "head")
 
 
 def foreground_target(instances: np.ndarray) -> np.ndarray:

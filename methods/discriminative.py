@@ -30,7 +30,12 @@ import torch
 from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample
 from benchbio.datasets.synthetic import OVERFIT_CHECK
-from benchbio.foreground import foreground_loss, head_targets, predicted_foreground
+from benchbio.foreground import (
+    foreground_loss,
+    head_channels,
+    head_targets,
+    predicted_foreground,
+)
 from benchbio.guides import GuideMaps
 from benchbio.instances import Prediction, owner_map
 from benchbio.method import LogFn, Method, MethodOptions, register_variant
@@ -226,7 +231,7 @@ class Discriminative(Method):
     @property
     def _head(self) -> int:
         """1 when the network has a foreground channel (its last), else 0."""
-        return int(self.opts.background == "head")
+        return head_channels(self.opts.background)
 
     def targets(
         self, instances: np.ndarray, fg: np.ndarray | None, origin: tuple[int, int] = (0, 0)

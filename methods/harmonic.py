@@ -39,7 +39,12 @@ from benchbio.cluster import embeddings_to_labels
 from benchbio.data import Sample, cache_dir
 from benchbio.datasets.synthetic import OVERFIT_CHECK
 from benchbio.errors import BenchbioError
-from benchbio.foreground import foreground_loss, head_targets, predicted_foreground
+from benchbio.foreground import (
+    foreground_loss,
+    head_channels,
+    head_targets,
+    predicted_foreground,
+)
 from benchbio.guides import (
     GuideMaps,
     Guides,
@@ -478,7 +483,7 @@ class Harmonic(Method):
     @property
     def _head(self) -> int:
         """1 when the network has a foreground channel (its last), else 0."""
-        return int(self.opts.background == "head")
+        return head_channels(self.opts.background)
 
     def targets(
         self, instances: np.ndarray, fg: np.ndarray | None, origin: tuple[int, int] = (0, 0)

@@ -11,7 +11,12 @@ from conftest import train_steps
 from benchbio import create_method
 from benchbio.errors import BenchbioError
 from benchbio.evaluation import evaluate
-from benchbio.foreground import foreground_loss, foreground_target, predicted_foreground
+from benchbio.foreground import (
+    foreground_loss,
+    foreground_target,
+    head_channels,
+    predicted_foreground,
+)
 from benchbio.guides import Guides
 from benchbio.methods.harmonic import expand_targets
 
@@ -33,6 +38,11 @@ def _harmonic(**options):
     method.guides = Guides(np.column_stack([rng.uniform(0, 20, 12), rng.uniform(0, 20, 12),
                                             rng.uniform(0, 6, 12)]), 32, 32)
     return method
+
+
+def test_only_the_head_rule_adds_a_channel():
+    assert head_channels("head") == 1
+    assert head_channels("cluster") == 0
 
 
 def test_foreground_helpers():
