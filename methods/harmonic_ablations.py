@@ -71,7 +71,7 @@ register_variant("harmonic-high", Harmonic, "Ablation: guides drawn from the hig
                  overfit={"cannot_pass": _UNSEARCHED_HIGH})
 register_variant("harmonic-authors", Harmonic, "Harmonic as the authors' code runs it: "
                  "axis-aligned start, squared-L2 search with background, 1/log(area) pixel "
-                 "weights, bare SinConv, decoder 4w-2w-w-w.", guide_family="axis",
+                 "weights, bare SinConv, decoder 4w-2w-w-w, flat mean-shift.", guide_family="axis",
                  guide_band="full", search_margin=None, search_metric="sql2",
                  search_background=True, pixel_weight="log_area", sinconv_norm=False,
-                 decoder="authors", overfit={"cannot_pass": _AUTHORS})
+                 decoder="authors", cluster_kernel="flat", overfit={"cannot_pass": _AUTHORS})

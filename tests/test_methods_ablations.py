@@ -23,7 +23,8 @@ ABLATIONS = {  # name: the options it changes
 }
 AUTHORS = {"guide_family": "axis", "guide_band": "full", "search_margin": None,
            "search_metric": "sql2", "search_background": True,
-           "pixel_weight": "log_area", "sinconv_norm": False, "decoder": "authors"}
+           "pixel_weight": "log_area", "sinconv_norm": False, "decoder": "authors",
+           "cluster_kernel": "flat"}
 
 
 def _samples(n: int = 2, size: int = 32) -> list[Sample]:
