@@ -58,6 +58,18 @@ class MethodOptions:
     min_area: int | None = None
 
 
+#: The logit :func:`saturated_logit` gives a certain 1 (sigmoid 0.99966, above every
+#: threshold the methods use).
+SATURATED_LOGIT = 8.0
+
+
+def saturated_logit(target: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Float32 logits of a 0/1 target: +8 where it is 1, -8 elsewhere (for
+    :meth:`Method.ideal_output`)."""
+    target = torch.as_tensor(np.asarray(target) if isinstance(target, np.ndarray) else target)
+    return torch.where(target == 1, SATURATED_LOGIT, -SATURATED_LOGIT).to(torch.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class OverfitCheck:
     """How a method shows that it learns: trained on one image, scored on that image.
@@ -181,6 +193,15 @@ class Method:
         mask when it gives one at test time.
         """
         raise NotImplementedError
+
+    def ideal_output(self, instances: np.ndarray, fg: np.ndarray | None) -> torch.Tensor | None:
+        """The ``(C, H, W)`` output a perfect network would give on this whole image (its
+        targets as the network's channels: logits saturated where the targets are
+        probabilities), or None where the method defines none. Handing it to
+        :meth:`postprocess` measures the *ceiling* of the method's post-processing: what
+        no trained network can beat (``benchmarks/overfit_target_ceiling.py``, the
+        ceilings in results/bench/overfit.md). Call after :meth:`fit`. Default None."""
+        return None
 
     def unflip(self, output: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
         """For flip test-time augmentation: the ``(C, H, W)`` output of the input flipped

@@ -1,13 +1,15 @@
-"""The ceiling of a harmonic-family method's overfit check: its own perfect targets, clustered.
+"""The ceiling of a method's overfit check: its own perfect output, post-processed.
 
 On the overfit check's image (``Method.overfit``, see :mod:`benchbio.overfit`), the method
-is fitted as the check fits it (guide start and search, seed 0), its eq. 1-2 targets are
-handed to its own post-processing as if a network had output them exactly, and the result
-is scored with the check's metric. A network trained on that image cannot be expected to
-beat this figure (results/bench/overfit.md), so it says whether a failed check is the
-targets' doing or the network's. One torch thread:
+is fitted as the check fits it (e.g. harmonic's guide start and search, seed 0), the
+output a perfect network would give (``Method.ideal_output``: its targets as the network's
+channels) is handed to its own post-processing, and the result is scored with the check's
+metric. A network trained on that image cannot be expected to beat this figure
+(results/bench/overfit.md), so it says whether a failed check is the targets' and
+decoder's doing or the network's. One torch thread:
 
-    python benchmarks/overfit_target_ceiling.py harmonic harmonic-random harmonic-high
+    python benchmarks/overfit_target_ceiling.py harmonic harmonic-random patchperpix
+    python benchmarks/overfit_target_ceiling.py patchperpix --set patch_size=15
 """
 
 from __future__ import annotations
@@ -18,43 +20,50 @@ import numpy as np
 import torch
 
 from benchbio.datasets.synthetic import OVERFIT_CHECK
-from benchbio.methods.harmonic import Harmonic, expand_targets
+from benchbio.options import parse_value
 from benchbio.overfit import check_of
 from benchbio.registry import DATASETS, METHODS
 from benchbio.training import _metric_of, evaluate_samples
 
 
-def ceiling(name: str, seed: int = 0) -> float:
-    """The check's metric of ``name``'s post-processing applied to its own targets."""
+def ceiling(name: str, seed: int = 0, **options) -> float:
+    """The check's metric of ``name``'s post-processing applied to its ideal output, with
+    the check's method options updated by ``options``."""
     check = check_of(name, OVERFIT_CHECK)
-    method = METHODS.create(name, **check.options)
-    if not isinstance(method, Harmonic):
-        raise SystemExit(f"{name} is not a harmonic-family method (its targets are not "
-                         "its network's output)")
+    method = METHODS.create(name, **{**check.options, **options})
     dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
                                                 **check.dataset_options})
     sample = dataset.split("train")[0]
     fg = sample.fg if dataset.fg_at_test else None
     min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
     method.fit([sample], seed=seed)
-    compact = {k: torch.from_numpy(np.ascontiguousarray(v))[None]
-               for k, v in method.targets(np.asarray(sample.instances), fg).items()}
-    embedding = expand_targets(compact)["embedding"][0]
-    pred = method.postprocess(embedding, fg, min_area)
+    ideal = method.ideal_output(np.asarray(sample.instances), fg)
+    if ideal is None:
+        raise SystemExit(f"{name} defines no ideal output (Method.ideal_output), so it has "
+                         "no ceiling here")
+    pred = method.postprocess(ideal, fg, min_area)
     scored = evaluate_samples([pred], [sample], [_metric_of(check.metric)])
     return float(scored.mean[check.metric])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("methods", nargs="+", help="harmonic-family method names")
+    p.add_argument("methods", nargs="+", help="method names")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option on top of the check's (repeatable)")
     a = p.parse_args()
+    options = {}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        options[key] = parse_value(value)
     torch.set_num_threads(1)
+    shown = "".join(f", {k}={v}" for k, v in options.items())
     print("| method | metric | ceiling |\n|---|---|---:|")
     for name in a.methods:
         check = check_of(name, OVERFIT_CHECK)
-        print(f"| `{name}` | {check.metric} | {ceiling(name, a.seed):.3f} |", flush=True)
+        print(f"| `{name}`{shown} | {check.metric} | {ceiling(name, a.seed, **options):.3f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from benchbio.guides import (
     search_guides,
 )
 from benchbio.instances import Prediction, is_stack, owner_map, to_stack
-from benchbio.method import LogFn, Method, MethodOptions
+from benchbio.method import LogFn, Method, MethodOptions, saturated_logit
 from benchbio.nets import CoordMaps, build_unet
 from benchbio.registry import register_method
 
@@ -513,6 +513,16 @@ class Harmonic(Method):
             loss = loss + self.opts.fg_weight * foreground_loss(output[:, -1],
                                                                 targets["foreground"])
         return loss
+
+    def ideal_output(self, instances: np.ndarray, fg: np.ndarray | None) -> torch.Tensor:
+        """The eq. 1-2 targets at the image's origin as the embedding channels, and with the
+        foreground head a saturated logit of the true foreground."""
+        compact = {k: torch.from_numpy(np.ascontiguousarray(v))[None]
+                   for k, v in self.targets(instances, fg).items()}
+        channels = [expand_targets(compact)["embedding"][0]]
+        if self._head:
+            channels.append(saturated_logit(compact["foreground"][0])[None])
+        return torch.cat(channels)
 
     def postprocess(
         self, output: torch.Tensor, fg: np.ndarray | None, min_area: int

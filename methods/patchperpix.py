@@ -68,7 +68,7 @@ from benchbio.cluster import remove_small
 from benchbio.datasets.synthetic import OVERLAPS_CHECK
 from benchbio.errors import BenchbioError
 from benchbio.instances import Prediction, is_stack, owner_map, to_stack
-from benchbio.method import Method, MethodOptions
+from benchbio.method import Method, MethodOptions, saturated_logit
 from benchbio.nets import build_unet
 from benchbio.registry import register_method
 
@@ -687,6 +687,19 @@ class PatchPerPix(Method):
         patch = out[:k2].reshape(k, k, h, w)
         axes = tuple(0 if d in (-2, output.dim() - 2) else 1 for d in dims)
         return torch.cat([patch.flip(axes).reshape(k2, h, w), out[k2:]])
+
+    def ideal_output(self, instances: np.ndarray, fg: np.ndarray | None) -> torch.Tensor:
+        """Saturated logits of the patch targets (offsets outside the image: "not the
+        same instance") and of the count (one-hot over 0..max_num_inst) or foreground."""
+        instances = np.asarray(instances)
+        patches = saturated_logit(patch_targets(instances, self.opts.patch_size))
+        count = torch.from_numpy(to_stack(instances).sum(0, dtype=np.int64))
+        if self.count_head:
+            levels = torch.arange(self.opts.max_num_inst + 1)[:, None, None]
+            head = saturated_logit(count.clamp(max=self.opts.max_num_inst)[None] == levels)
+        else:
+            head = saturated_logit(count[None] > 0)
+        return torch.cat([patches, head])
 
     # --- inference -----------------------------------------------------------------
     def foreground(
