@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
+from overfit_target_ceiling import ceiling  # benchmarks/, beside this script
 
 from benchbio.datasets.synthetic import OVERFIT_CHECK
 from benchbio.overfit import OverfitResult, check_of, overfit
@@ -35,7 +36,13 @@ def _commit() -> str:
         return "unknown"
 
 
-def _row(r: OverfitResult) -> str:
+HEADER = ("| method | image | network; lr | target | result | steps (taken / budget) "
+          "| score | best | ceiling | CPU s (all) | CPU s (training) | wall s | in test suite "
+          "| score after N steps |\n"
+          "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+
+
+def _row(r: OverfitResult, ceiling_score: float | None) -> str:
     c = r.check
     data = c.dataset + "".join(f", {k}={v}" for k, v in c.dataset_options.items())
     opts = ", ".join(f"{k}={v}" for k, v in c.options.items())
@@ -46,7 +53,8 @@ def _row(r: OverfitResult) -> str:
         result += f" (declared: {c.cannot_pass})"
     return (f"| `{r.method}` | {data} | {opts}; lr {c.lr:g}{schedule} "
             f"| {c.metric} >= {c.threshold:g} in {c.cpu_seconds:g} CPU s | {result} "
-            f"| {r.steps} / {c.steps} | {r.score:.3f} | {r.best:.3f} | {r.cpu_seconds:.0f} "
+            f"| {r.steps} / {c.steps} | {r.score:.3f} | {r.best:.3f} "
+            f"| {'' if ceiling_score is None else f'{ceiling_score:.3f}'} | {r.cpu_seconds:.0f} "
             f"| {r.train_cpu_seconds:.0f} | {r.seconds:.0f} | {'yes' if c.in_suite else 'no'} "
             f"| {curve} |")
 
@@ -60,10 +68,7 @@ def main() -> None:
     torch.set_num_threads(1)  # the checks' clock is one thread's CPU time (overfit sets it too)
     names = a.methods or METHODS.names()
     load_before = os.getloadavg()[0]
-    header = ("| method | image | network; lr | target | result | steps (taken / budget) "
-              "| score | best | CPU s (all) | CPU s (training) | wall s | in test suite "
-              "| score after N steps |\n"
-              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+    header = HEADER
     rows: list[str] = []
     print(header, flush=True)
     for name in names:
@@ -72,7 +77,7 @@ def main() -> None:
                   file=sys.stderr, flush=True)
 
         result = overfit(name, check_of(name, OVERFIT_CHECK), seed=a.seed, on_eval=report)
-        rows.append(_row(result))
+        rows.append(_row(result, ceiling(name, a.seed)))
         print(rows[-1], flush=True)
         if a.out is not None:  # after every method, so a long run keeps what it measured
             _write(a.out, header, rows, load_before, len(rows) < len(names))
@@ -100,7 +105,10 @@ def _write(path: Path, header: str, rows: list[str], load_before: float,
         "`eval_every` steps until it reaches its target within its step and CPU budgets "
         "(`Method.overfit`, `benchbio/overfit.py`). CPU s (all) include the method's fit "
         "(e.g. the guide search) and the evaluations; a check stops at the first "
-        "evaluation past its CPU budget.",
+        "evaluation past its CPU budget. **Ceiling**: the check's metric of the method's "
+        "own post-processing applied to a perfect network's output on that image "
+        "(`Method.ideal_output`, `benchmarks/overfit_target_ceiling.py`), what no training "
+        "can beat; empty where the method defines none.",
         "",
         header,
         *rows,

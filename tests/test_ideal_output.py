@@ -57,3 +57,18 @@ def test_ceiling_tool_tells_a_decoder_limit_from_a_network_one():
     # reassemble every worm, 7-px patches split them (the measured ceilings 1.000 / 0.683)
     assert overfit_target_ceiling.ceiling("patchperpix", patch_size=15) == pytest.approx(1.0)
     assert overfit_target_ceiling.ceiling("patchperpix", patch_size=7) < 0.9
+
+
+def test_overfit_table_row_has_a_cell_per_column_and_shows_the_ceiling():
+    import overfit as overfit_script  # benchmarks/overfit.py
+
+    from benchbio.datasets.synthetic import OVERFIT_CHECK
+    from benchbio.overfit import OverfitResult
+
+    result = OverfitResult("harmonic-random", OVERFIT_CHECK, False, 1000, 0.8, 0.83, 120.0,
+                           118.0, 250.0, [(50, 0.3, 6.0, 12.0)])
+    header = overfit_script.HEADER.splitlines()[0]
+    for ceiling_score, shown in ((0.7213, "| 0.721 |"), (None, "| 0.830 |  |")):
+        row = overfit_script._row(result, ceiling_score)
+        assert row.count("|") == header.count("|")
+        assert shown in row
