@@ -46,6 +46,9 @@ class OverfitResult:
             with the machine's load; the CPU seconds hardly do).
         history: ``(step, score, CPU seconds so far, wall seconds so far)`` at every
             evaluation.
+        method_state: the fitted method instance and ``model`` the network as trained
+            (the last step), to post-process its output otherwise when diagnosing a
+            failed check (``benchmarks/overfit_diagnose.py``).
     """
 
     method: str
@@ -58,6 +61,8 @@ class OverfitResult:
     train_cpu_seconds: float
     seconds: float
     history: list[tuple[int, float, float, float]] = field(default_factory=list)
+    method_state: Method | None = field(default=None, repr=False)
+    model: torch.nn.Module | None = field(default=None, repr=False)
 
 
 def check_of(name: str, default: OverfitCheck) -> OverfitCheck:
@@ -146,7 +151,7 @@ def _overfit(name: str, check: OverfitCheck, seed: int, budget: int,
             break
     passed = score >= check.threshold and cpu <= check.cpu_seconds
     return OverfitResult(name, check, passed, step, score, best, cpu, train_cpu,
-                         time.perf_counter() - start, history)
+                         time.perf_counter() - start, history, method, model)
 
 
 def _metric_plugin(key: str) -> str:

@@ -105,6 +105,9 @@ def test_a_new_method_is_checked_and_a_method_that_cannot_learn_fails(blind_meth
     assert result.score == 0.0 and result.cpu_seconds >= result.train_cpu_seconds > 0
     assert result.seconds > 0 and [h[2] for h in result.history] == sorted(
         h[2] for h in result.history)
+    # the trained method and network come back, for diagnosing a failed check
+    assert isinstance(result.method_state, _Blind)
+    assert isinstance(result.model, torch.nn.Conv2d)
 
 
 def test_the_check_runs_on_one_thread_and_stops_at_its_cpu_budget(blind_method):

@@ -1,0 +1,137 @@
+"""Why a harmonic-family overfit check fails: the trained network, clustered otherwise.
+
+Runs a method's overfit check (:func:`benchbio.overfit.overfit`, one torch thread, seed 0)
+with some of its fields or the method's options replaced, then takes the network as
+trained and reports, for its output on the check's image:
+
+- the check's metric under each torch mean-shift kernel ("flat", "gaussian"), through
+  the harness's prediction path (``training.predict_samples``), the method's other
+  options unchanged: is it the network or the clustering that fails?
+- the instances that match no true object (best Dice < 0.5), with their size and the
+  true label most of their pixels carry (0: background);
+- for every true object, its best Dice and the median L2 distance of its pixels'
+  embeddings to their target (eq. 1-2).
+
+It tells a slow network from a kernel that splits or merges what the network got nearly
+right (results/bench/overfit.md, "Declared out of the suite"). Examples:
+
+    python benchmarks/overfit_diagnose.py harmonic-authors --steps 600
+    python benchmarks/overfit_diagnose.py harmonic --steps 600 --set sinconv_norm=false
+    python benchmarks/overfit_diagnose.py harmonic-noguide --steps 1100 --lr 3e-3 \\
+        --schedule cosine
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import torch
+
+from benchbio.datasets.synthetic import OVERFIT_CHECK
+from benchbio.methods.harmonic import Harmonic, expand_targets
+from benchbio.nets import divisor_of, pad_to_divisor
+from benchbio.overfit import check_of, overfit
+from benchbio.registry import DATASETS
+from benchbio.training import _metric_of, evaluate_samples, predict_samples
+
+KERNELS = ("flat", "gaussian")
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``name=value`` with a JSON value (true, 3, "low"), else the bare string."""
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _best_dice(mask: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """Best Dice of ``mask`` with any nonzero label of ``labels``, and that label."""
+    best, which = 0.0, 0
+    for j in np.unique(labels[mask]):
+        if j:
+            other = labels == j
+            dice = 2.0 * (mask & other).sum() / (mask.sum() + other.sum())
+            if dice > best:
+                best, which = float(dice), int(j)
+    return best, which
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("method", help="a harmonic-family method name")
+    p.add_argument("--steps", type=int, default=None, help="step budget (default: the check's)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--schedule", default=None, help="lr schedule (default: the check's)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method option on top of the check's options (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    check = check_of(a.method, OVERFIT_CHECK)
+    check = dataclasses.replace(
+        check, options={**check.options, **dict(map(_option, a.set))},
+        lr=a.lr if a.lr is not None else check.lr,
+        lr_schedule=a.schedule or check.lr_schedule,
+        steps=a.steps if a.steps is not None else check.steps,
+        threshold=2.0)  # never stop early: the budget's last network is the one diagnosed
+
+    def report(step: int, score: float, cpu: float, seconds: float) -> None:
+        print(f"  step {step} {check.metric} {score:.3f} ({cpu:.0f} CPU s)", file=sys.stderr,
+              flush=True)
+
+    result = overfit(a.method, check, seed=a.seed, on_eval=report)
+    method, model = result.method_state, result.model
+    if not isinstance(method, Harmonic):
+        raise SystemExit(f"{a.method} is not a harmonic-family method")
+    dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
+                                                **check.dataset_options})
+    sample = dataset.split("train")[0]
+    fg = sample.fg if dataset.fg_at_test else None
+    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
+    truth = np.asarray(sample.instances)
+    if truth.ndim != 2:
+        raise SystemExit("the diagnosis reads a label image; this check's objects overlap")
+    print(f"{a.method}: options {check.options}, lr {check.lr:g} {check.lr_schedule}, "
+          f"{result.steps} steps, {result.train_cpu_seconds:.0f} CPU s of training; "
+          f"own kernel {method.opts.cluster_kernel!r}")
+    for kernel in KERNELS:
+        variant = Harmonic(**{**method.options(), "cluster_kernel": kernel})
+        variant.guides = method.guides
+        pred = predict_samples(variant, model, [sample], torch.device("cpu"),
+                               fg_at_test=dataset.fg_at_test, min_area=min_area)[0]
+        score = evaluate_samples([pred], [sample], [_metric_of(check.metric)])
+        labels = np.asarray(pred.labels)
+        unmatched = [(int((labels == j).sum()), int(np.bincount(truth[labels == j]).argmax()))
+                     for j in np.unique(labels)[1:]
+                     if _best_dice(labels == j, truth)[0] < 0.5]
+        print(f"  kernel {kernel}: {check.metric} {score.mean[check.metric]:.3f}, "
+              f"{len(np.unique(labels)) - 1} instances for {len(np.unique(truth)) - 1} true; "
+              f"unmatched (pixels, mostly true label): {unmatched}")
+        if kernel == method.opts.cluster_kernel:
+            own = labels
+    targets = expand_targets({k: torch.from_numpy(np.ascontiguousarray(v))[None]
+                              for k, v in method.targets(truth, fg).items()})
+    model.eval()
+    with torch.no_grad():
+        image = torch.from_numpy(np.ascontiguousarray(sample.image))[None]
+        h, w = image.shape[-2:]
+        output = model(pad_to_divisor(image, divisor_of(model)))[0, : method.opts.n_guides, :h, :w]
+    error = (output - targets["embedding"][0]).norm(dim=0).numpy()
+    print(f"  median embedding error: objects {np.median(error[truth > 0]):.3f}, "
+          f"background {np.median(error[truth == 0]):.3f}")
+    for label in np.unique(truth)[1:]:
+        mask = truth == label
+        dice, which = _best_dice(mask, own)
+        print(f"  object {label}: {mask.sum()} px, best Dice {dice:.3f} (instance {which}, "
+              f"{int((own == which).sum()) if which else 0} px), median error "
+              f"{np.median(error[mask]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
