@@ -4,11 +4,13 @@ Runs a method's overfit check (:func:`benchbio.overfit.overfit`, one torch threa
 with some of its fields or the method's options replaced, then takes the network as
 trained and reports, for its output on the check's image:
 
-- the check's metric under each torch mean-shift kernel ("flat", "gaussian"), through
-  the harness's prediction path (``training.predict_samples``), the method's other
-  options unchanged: is it the network or the clustering that fails?
-- the instances that match no true object (best Dice < 0.5), with their size and the
-  true label most of their pixels carry (0: background);
+- the check's metric under each torch mean-shift kernel ("flat", "gaussian") and under
+  scikit-learn's ``MeanShift`` (the authors' clusterer), through the harness's
+  prediction path (``training.predict_samples``), the method's other options unchanged:
+  is it the network or the clustering that fails?
+- the instances that match no true object (best Dice < 0.5), with their size, the true
+  label most of their pixels carry (0: background) and their pixels' median distance
+  to the nearest true object (1: a ring touching an object);
 - for every true object, its best Dice and the median L2 distance of its pixels'
   embeddings to their target (eq. 1-2).
 
@@ -30,6 +32,7 @@ import sys
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from benchbio.datasets.synthetic import OVERFIT_CHECK
 from benchbio.methods.harmonic import Harmonic, expand_targets
@@ -38,7 +41,10 @@ from benchbio.overfit import check_of, overfit
 from benchbio.registry import DATASETS
 from benchbio.training import _metric_of, evaluate_samples, predict_samples
 
-KERNELS = ("flat", "gaussian")
+#: The post-processings compared: the torch mean-shift's kernels and scikit-learn's.
+CLUSTERINGS = {"flat": {"cluster_kernel": "flat", "clusterer": "torch"},
+               "gaussian": {"cluster_kernel": "gaussian", "clusterer": "torch"},
+               "sklearn": {"clusterer": "sklearn"}}
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -99,21 +105,25 @@ def main() -> None:
         raise SystemExit("the diagnosis reads a label image; this check's objects overlap")
     print(f"{a.method}: options {check.options}, lr {check.lr:g} {check.lr_schedule}, "
           f"{result.steps} steps, {result.train_cpu_seconds:.0f} CPU s of training; "
-          f"own kernel {method.opts.cluster_kernel!r}")
-    for kernel in KERNELS:
-        variant = Harmonic(**{**method.options(), "cluster_kernel": kernel})
+          f"own clustering {method.opts.clusterer} {method.opts.cluster_kernel}")
+    to_object = ndimage.distance_transform_edt(truth == 0)
+    own = None
+    for name, options in CLUSTERINGS.items():
+        variant = Harmonic(**{**method.options(), **options})
         variant.guides = method.guides
         pred = predict_samples(variant, model, [sample], torch.device("cpu"),
                                fg_at_test=dataset.fg_at_test, min_area=min_area)[0]
         score = evaluate_samples([pred], [sample], [_metric_of(check.metric)])
         labels = np.asarray(pred.labels)
-        unmatched = [(int((labels == j).sum()), int(np.bincount(truth[labels == j]).argmax()))
+        unmatched = [(int((labels == j).sum()), int(np.bincount(truth[labels == j]).argmax()),
+                      float(np.median(to_object[labels == j])))
                      for j in np.unique(labels)[1:]
                      if _best_dice(labels == j, truth)[0] < 0.5]
-        print(f"  kernel {kernel}: {check.metric} {score.mean[check.metric]:.3f}, "
+        print(f"  {name}: {check.metric} {score.mean[check.metric]:.3f}, "
               f"{len(np.unique(labels)) - 1} instances for {len(np.unique(truth)) - 1} true; "
-              f"unmatched (pixels, mostly true label): {unmatched}")
-        if kernel == method.opts.cluster_kernel:
+              "unmatched (pixels, mostly true label, median px to an object): "
+              f"{[(n, t, round(d, 1)) for n, t, d in unmatched]}")
+        if own is None and all(method.options()[k] == v for k, v in options.items()):
             own = labels
     targets = expand_targets({k: torch.from_numpy(np.ascontiguousarray(v))[None]
                               for k, v in method.targets(truth, fg).items()})
