@@ -54,19 +54,18 @@ _NOGUIDE = ("plain convolutions see no position but the zero padding, and harmon
             "mean-shift merges the two (gaussian 0.949, flat 0.944). Tried, cosine over "
             "1,000-1,100 steps: lr 3e-3 0.947, 5e-3 0.946, 7e-3 0.943, 1e-2 0.945; the "
             "sliver's error stays 0.66-0.97 (harmonic's SinConv network: 0.33 at step 600)")
-_AUTHORS = ("not within the budget, mostly because of its flat mean-shift kernel: SBD 0.70 "
-            "after 1,000 steps (85 CPU s), though its own perfect targets cluster to SBD "
-            "1.000. All 18 cells are found (best Dice 0.96-1.00), but the rings of background "
-            "pixels touching a cell (1-1.4 px from it), whose embeddings lie between the "
-            "background's and the cell's targets, farther than the 0.5 bandwidth from both, "
-            "become 8 extra instances (30-71 px); the same network clustered with the "
-            "gaussian kernel scores 0.937 (one extra). The network is slower too: on top of "
-            "harmonic (0.993 at step 600, gaussian kernel), the bare SinConv gives 0.889 "
-            "(best 0.935) and the full band 0.937; 1/log(area) (0.993) and the 4w-2w-w-w "
-            "decoder (0.995) do not slow it. Tried: lr 3e-3 / 5e-3 cosine over 1,200 steps "
-            "0.67 / 0.70 (100 CPU s); lr 1e-2 cosine 0.66; width 32 0.62 at step 400; one "
-            "option set back at 600 steps: BatchNorm+ReLU SinConv 0.77, low band 0.71 "
-            "(benchmarks/overfit_diagnose.py)")
+_AUTHORS = ("not within the budget, mostly because of its flat mean-shift kernel: SBD 0.70 after "
+            "1,000 steps (85 CPU s), though its own perfect targets cluster to SBD 1.000. All 18 "
+            "cells are found (best Dice 0.96-1.00), but the rings of background pixels touching "
+            "a cell (1 px from it), whose embeddings lie between the background's and the cell's "
+            "targets, farther than the 0.5 bandwidth from both, become 8 extra instances (30-71 "
+            "px); the same network clustered with the gaussian kernel scores 0.937 (one extra), "
+            "scikit-learn's flat MeanShift 0.814. The network is slower too: on top of harmonic "
+            "(0.993 at step 600, gaussian kernel), the bare SinConv gives 0.889 (best 0.935) and "
+            "the full band 0.937; 1/log(area) (0.993) and the 4w-2w-w-w decoder (0.995) do not "
+            "slow it. Tried: lr 3e-3 / 5e-3 cosine over 1,200 steps 0.67 / 0.70 (100 CPU s); lr "
+            "1e-2 cosine 0.66; width 32 0.62 at step 400; one option set back at 600 steps: "
+            "BatchNorm+ReLU SinConv 0.77, low band 0.71 (benchmarks/overfit_diagnose.py)")
 
 register_variant("harmonic-coordconv", Harmonic, "Ablation: harmonic targets with CoordConv "
                  "(x, y in [-1, 1]) instead of SinConv.", position="coordconv")
