@@ -29,12 +29,14 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from benchbio.datasets.synthetic import OVERFIT_CHECK
+from benchbio.method import OverfitCheck
 from benchbio.methods.harmonic import Harmonic, expand_targets
 from benchbio.nets import divisor_of, pad_to_divisor
 from benchbio.overfit import check_of, overfit
@@ -68,6 +70,66 @@ def _best_dice(mask: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
     return best, which
 
 
+def diagnose(name: str, check: OverfitCheck, seed: int = 0,
+             on_eval: Callable[[int, float, float, float], None] | None = None) -> list[str]:
+    """Run ``check`` for method ``name`` to its last step and return the report's lines
+    (module docstring): each clustering's score and unmatched instances, then every
+    true object's best Dice (under the method's own clustering) and embedding error."""
+    check = dataclasses.replace(check, threshold=2.0)  # never stop early: the budget's
+    result = overfit(name, check, seed=seed, on_eval=on_eval)  # last network is diagnosed
+    method, model = result.method_state, result.model
+    if not isinstance(method, Harmonic):
+        raise SystemExit(f"{name} is not a harmonic-family method")
+    dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
+                                                **check.dataset_options})
+    sample = dataset.split("train")[0]
+    fg = sample.fg if dataset.fg_at_test else None
+    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
+    truth = np.asarray(sample.instances)
+    if truth.ndim != 2:
+        raise SystemExit("the diagnosis reads a label image; this check's objects overlap")
+    lines = [f"{name}: options {check.options}, lr {check.lr:g} {check.lr_schedule}, "
+             f"{result.steps} steps, {result.train_cpu_seconds:.0f} CPU s of training; "
+             f"own clustering {method.opts.clusterer} {method.opts.cluster_kernel}"]
+    to_object = ndimage.distance_transform_edt(truth == 0)
+    own = None
+    for label, options in CLUSTERINGS.items():
+        variant = Harmonic(**{**method.options(), **options})
+        variant.guides = method.guides
+        pred = predict_samples(variant, model, [sample], torch.device("cpu"),
+                               fg_at_test=dataset.fg_at_test, min_area=min_area)[0]
+        score = evaluate_samples([pred], [sample], [_metric_of(check.metric)])
+        labels = np.asarray(pred.labels)
+        unmatched = [(int((labels == j).sum()), int(np.bincount(truth[labels == j]).argmax()),
+                      round(float(np.median(to_object[labels == j])), 1))
+                     for j in np.unique(labels)[1:]
+                     if _best_dice(labels == j, truth)[0] < 0.5]
+        lines.append(f"  {label}: {check.metric} {score.mean[check.metric]:.3f}, "
+                     f"{len(np.unique(labels)) - 1} instances for {len(np.unique(truth)) - 1} "
+                     "true; unmatched (pixels, mostly true label, median px to an object): "
+                     f"{unmatched}")
+        if own is None and all(method.options()[k] == v for k, v in options.items()):
+            own = labels
+    targets = expand_targets({k: torch.from_numpy(np.ascontiguousarray(v))[None]
+                              for k, v in method.targets(truth, fg).items()})
+    model.eval()
+    with torch.no_grad():
+        image = torch.from_numpy(np.ascontiguousarray(sample.image))[None]
+        h, w = image.shape[-2:]
+        output = model(pad_to_divisor(image, divisor_of(model)))[0, : method.opts.n_guides,
+                                                                   :h, :w]
+    error = (output - targets["embedding"][0]).norm(dim=0).numpy()
+    lines.append(f"  median embedding error: objects {np.median(error[truth > 0]):.3f}, "
+                 f"background {np.median(error[truth == 0]):.3f}")
+    for label in np.unique(truth)[1:]:
+        mask = truth == label
+        dice, which = _best_dice(mask, own)
+        lines.append(f"  object {label}: {mask.sum()} px, best Dice {dice:.3f} (instance "
+                     f"{which}, {int((own == which).sum()) if which else 0} px), median "
+                     f"error {np.median(error[mask]):.3f}")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("method", help="a harmonic-family method name")
@@ -84,63 +146,13 @@ def main() -> None:
         check, options={**check.options, **dict(map(_option, a.set))},
         lr=a.lr if a.lr is not None else check.lr,
         lr_schedule=a.schedule or check.lr_schedule,
-        steps=a.steps if a.steps is not None else check.steps,
-        threshold=2.0)  # never stop early: the budget's last network is the one diagnosed
+        steps=a.steps if a.steps is not None else check.steps)
 
     def report(step: int, score: float, cpu: float, seconds: float) -> None:
         print(f"  step {step} {check.metric} {score:.3f} ({cpu:.0f} CPU s)", file=sys.stderr,
               flush=True)
 
-    result = overfit(a.method, check, seed=a.seed, on_eval=report)
-    method, model = result.method_state, result.model
-    if not isinstance(method, Harmonic):
-        raise SystemExit(f"{a.method} is not a harmonic-family method")
-    dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
-                                                **check.dataset_options})
-    sample = dataset.split("train")[0]
-    fg = sample.fg if dataset.fg_at_test else None
-    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
-    truth = np.asarray(sample.instances)
-    if truth.ndim != 2:
-        raise SystemExit("the diagnosis reads a label image; this check's objects overlap")
-    print(f"{a.method}: options {check.options}, lr {check.lr:g} {check.lr_schedule}, "
-          f"{result.steps} steps, {result.train_cpu_seconds:.0f} CPU s of training; "
-          f"own clustering {method.opts.clusterer} {method.opts.cluster_kernel}")
-    to_object = ndimage.distance_transform_edt(truth == 0)
-    own = None
-    for name, options in CLUSTERINGS.items():
-        variant = Harmonic(**{**method.options(), **options})
-        variant.guides = method.guides
-        pred = predict_samples(variant, model, [sample], torch.device("cpu"),
-                               fg_at_test=dataset.fg_at_test, min_area=min_area)[0]
-        score = evaluate_samples([pred], [sample], [_metric_of(check.metric)])
-        labels = np.asarray(pred.labels)
-        unmatched = [(int((labels == j).sum()), int(np.bincount(truth[labels == j]).argmax()),
-                      float(np.median(to_object[labels == j])))
-                     for j in np.unique(labels)[1:]
-                     if _best_dice(labels == j, truth)[0] < 0.5]
-        print(f"  {name}: {check.metric} {score.mean[check.metric]:.3f}, "
-              f"{len(np.unique(labels)) - 1} instances for {len(np.unique(truth)) - 1} true; "
-              "unmatched (pixels, mostly true label, median px to an object): "
-              f"{[(n, t, round(d, 1)) for n, t, d in unmatched]}")
-        if own is None and all(method.options()[k] == v for k, v in options.items()):
-            own = labels
-    targets = expand_targets({k: torch.from_numpy(np.ascontiguousarray(v))[None]
-                              for k, v in method.targets(truth, fg).items()})
-    model.eval()
-    with torch.no_grad():
-        image = torch.from_numpy(np.ascontiguousarray(sample.image))[None]
-        h, w = image.shape[-2:]
-        output = model(pad_to_divisor(image, divisor_of(model)))[0, : method.opts.n_guides, :h, :w]
-    error = (output - targets["embedding"][0]).norm(dim=0).numpy()
-    print(f"  median embedding error: objects {np.median(error[truth > 0]):.3f}, "
-          f"background {np.median(error[truth == 0]):.3f}")
-    for label in np.unique(truth)[1:]:
-        mask = truth == label
-        dice, which = _best_dice(mask, own)
-        print(f"  object {label}: {mask.sum()} px, best Dice {dice:.3f} (instance {which}, "
-              f"{int((own == which).sum()) if which else 0} px), median error "
-              f"{np.median(error[mask]):.3f}")
+    print("\n".join(diagnose(a.method, check, a.seed, report)))
 
 
 if __name__ == "__main__":
