@@ -199,8 +199,9 @@ class Method:
         targets as the network's channels: logits saturated where the targets are
         probabilities), or None where the method defines none. Handing it to
         :meth:`postprocess` measures the *ceiling* of the method's post-processing: what
-        no trained network can beat (``benchmarks/overfit_target_ceiling.py``, the
-        ceilings in results/bench/overfit.md). Call after :meth:`fit`. Default None."""
+        a network that learns its targets reaches (its errors may land above it by
+        chance; ``benchmarks/overfit_target_ceiling.py``, results/bench/overfit.md).
+        Call after :meth:`fit`. Default None."""
         return None
 
     def unflip(self, output: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:

@@ -67,7 +67,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)  # the checks' clock is one thread's CPU time (overfit sets it too)
     names = a.methods or METHODS.names()
-    load_before = os.getloadavg()[0]
+    load_before, commit = os.getloadavg()[0], _commit()  # the code that runs is this one
     header = HEADER
     rows: list[str] = []
     print(header, flush=True)
@@ -80,19 +80,19 @@ def main() -> None:
         rows.append(_row(result, ceiling(name, a.seed)))
         print(rows[-1], flush=True)
         if a.out is not None:  # after every method, so a long run keeps what it measured
-            _write(a.out, header, rows, load_before, len(rows) < len(names))
+            _write(a.out, header, rows, load_before, commit, len(rows) < len(names))
     if a.out is not None:
         print(f"wrote {a.out}")
 
 
-def _write(path: Path, header: str, rows: list[str], load_before: float,
+def _write(path: Path, header: str, rows: list[str], load_before: float, commit: str,
            partial: bool) -> None:
     text = "\n".join([
         "# Overfit check: every method learns one image",
         "",
         f"`{' '.join(['python', 'benchmarks/overfit.py', *sys.argv[1:]])}` on "
         f"{platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} logical "
-        f"CPUs, 1 torch thread, methods one after another, commit {_commit()}, "
+        f"CPUs, 1 torch thread, methods one after another, commit {commit}, "
         f"{datetime.date.today()}; load average (1 min) {load_before:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end. The clock of the budget is the CPU time of "
         "the check's single thread (`time.process_time()`), which hardly depends on what "
@@ -107,8 +107,9 @@ def _write(path: Path, header: str, rows: list[str], load_before: float,
         "(e.g. the guide search) and the evaluations; a check stops at the first "
         "evaluation past its CPU budget. **Ceiling**: the check's metric of the method's "
         "own post-processing applied to a perfect network's output on that image "
-        "(`Method.ideal_output`, `benchmarks/overfit_target_ceiling.py`), what no training "
-        "can beat; empty where the method defines none.",
+        "(`Method.ideal_output`, `benchmarks/overfit_target_ceiling.py`): what training "
+        "that reproduces the targets reaches (a network's errors can land above it by "
+        "chance); empty where the method defines none.",
         "",
         header,
         *rows,

@@ -4,9 +4,9 @@ On the overfit check's image (``Method.overfit``, see :mod:`benchbio.overfit`), 
 is fitted as the check fits it (e.g. harmonic's guide start and search, seed 0), the
 output a perfect network would give (``Method.ideal_output``: its targets as the network's
 channels) is handed to its own post-processing, and the result is scored with the check's
-metric. A network trained on that image cannot be expected to beat this figure
-(results/bench/overfit.md), so it says whether a failed check is the targets' and
-decoder's doing or the network's. One torch thread:
+metric. A network that learns its targets on that image reaches this figure, and is not
+expected to beat it (its errors may, by chance: results/bench/overfit.md), so it says
+whether a failed check is the targets' and decoder's doing or the network's. One torch thread:
 
     python benchmarks/overfit_target_ceiling.py harmonic harmonic-random patchperpix
     python benchmarks/overfit_target_ceiling.py patchperpix --set patch_size=15

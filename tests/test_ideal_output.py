@@ -1,6 +1,6 @@
 """``Method.ideal_output`` and the ceiling tool built on it
 (``benchmarks/overfit_target_ceiling.py``): a perfect network's output, post-processed, is
-what no trained network can beat on the overfit check (results/bench/overfit.md)."""
+what learning the targets reaches on the overfit check (results/bench/overfit.md)."""
 
 from __future__ import annotations
 
