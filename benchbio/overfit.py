@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ from .method import Method, OverfitCheck
 from .registry import DATASETS, METHODS
 from .state import make_scheduler
 
-__all__ = ["OverfitResult", "overfit", "check_of", "methods_to_check"]
+__all__ = ["OverfitResult", "CheckImage", "check_image", "overfit", "check_of",
+           "methods_to_check"]
 
 
 @dataclass
@@ -63,6 +65,29 @@ class OverfitResult:
     history: list[tuple[int, float, float, float]] = field(default_factory=list)
     method_state: Method | None = field(default=None, repr=False)
     model: torch.nn.Module | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class CheckImage:
+    """The one image a check trains and scores on: ``sample`` (image 0 of the check's
+    dataset's train split), ``fg`` (its foreground mask where the dataset's protocol gives
+    it at test, else None), ``min_area`` (the method's, else the dataset's) and
+    ``dataset``."""
+
+    dataset: Any
+    sample: Any
+    fg: np.ndarray | None
+    min_area: int
+
+
+def check_image(check: OverfitCheck, method: Method) -> CheckImage:
+    """The check's image, as :func:`overfit` trains on it and scores it (also what the
+    ceiling and diagnosis scripts in ``benchmarks/`` post-process)."""
+    dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
+                                                **check.dataset_options})
+    sample = dataset.split("train")[0]
+    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
+    return CheckImage(dataset, sample, sample.fg if dataset.fg_at_test else None, min_area)
 
 
 def check_of(name: str, default: OverfitCheck) -> OverfitCheck:
@@ -107,11 +132,8 @@ def _overfit(name: str, check: OverfitCheck, seed: int, budget: int,
     torch.manual_seed(seed)
     np.random.seed(seed)
     method: Method = METHODS.create(name, **check.options)
-    dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
-                                                **check.dataset_options})
-    sample = dataset.split("train")[0]
-    fg = sample.fg if dataset.fg_at_test else None
-    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
+    where = check_image(check, method)
+    dataset, sample, fg, min_area = where.dataset, where.sample, where.fg, where.min_area
     method.fit([sample], seed=seed)
     device = torch.device("cpu")
     model = method.build_model(dataset.in_channels)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Callable
 
@@ -39,23 +38,14 @@ from benchbio.datasets.synthetic import OVERFIT_CHECK
 from benchbio.method import OverfitCheck
 from benchbio.methods.harmonic import Harmonic, expand_targets
 from benchbio.nets import divisor_of, pad_to_divisor
-from benchbio.overfit import check_of, overfit
-from benchbio.registry import DATASETS
+from benchbio.options import parse_assignments
+from benchbio.overfit import check_image, check_of, overfit
 from benchbio.training import _metric_of, evaluate_samples, predict_samples
 
 #: The post-processings compared: the torch mean-shift's kernels and scikit-learn's.
 CLUSTERINGS = {"flat": {"cluster_kernel": "flat", "clusterer": "torch"},
                "gaussian": {"cluster_kernel": "gaussian", "clusterer": "torch"},
                "sklearn": {"clusterer": "sklearn"}}
-
-
-def _option(text: str) -> tuple[str, object]:
-    """``name=value`` with a JSON value (true, 3, "low"), else the bare string."""
-    key, _, value = text.partition("=")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def _best_dice(mask: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
@@ -80,11 +70,8 @@ def diagnose(name: str, check: OverfitCheck, seed: int = 0,
     method, model = result.method_state, result.model
     if not isinstance(method, Harmonic):
         raise SystemExit(f"{name} is not a harmonic-family method")
-    dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
-                                                **check.dataset_options})
-    sample = dataset.split("train")[0]
-    fg = sample.fg if dataset.fg_at_test else None
-    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
+    where = check_image(check, method)
+    dataset, sample, fg, min_area = where.dataset, where.sample, where.fg, where.min_area
     truth = np.asarray(sample.instances)
     if truth.ndim != 2:
         raise SystemExit("the diagnosis reads a label image; this check's objects overlap")
@@ -143,7 +130,7 @@ def main() -> None:
     torch.set_num_threads(1)
     check = check_of(a.method, OVERFIT_CHECK)
     check = dataclasses.replace(
-        check, options={**check.options, **dict(map(_option, a.set))},
+        check, options={**check.options, **parse_assignments(a.set, "--set")},
         lr=a.lr if a.lr is not None else check.lr,
         lr_schedule=a.schedule or check.lr_schedule,
         steps=a.steps if a.steps is not None else check.steps)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from benchbio.datasets.synthetic import OVERFIT_CHECK
-from benchbio.options import parse_value
-from benchbio.overfit import check_of
-from benchbio.registry import DATASETS, METHODS
+from benchbio.options import parse_assignments
+from benchbio.overfit import check_image, check_of
+from benchbio.registry import METHODS
 from benchbio.training import _metric_of, evaluate_samples
 
 
@@ -32,17 +32,13 @@ def ceiling(name: str, seed: int = 0, **options) -> float | None:
     ideal output."""
     check = check_of(name, OVERFIT_CHECK)
     method = METHODS.create(name, **{**check.options, **options})
-    dataset = DATASETS.create(check.dataset, **{"n_train": 1, "n_val": 1, "n_test": 1,
-                                                **check.dataset_options})
-    sample = dataset.split("train")[0]
-    fg = sample.fg if dataset.fg_at_test else None
-    min_area = method.opts.min_area if method.opts.min_area is not None else dataset.min_area
-    method.fit([sample], seed=seed)
-    ideal = method.ideal_output(np.asarray(sample.instances), fg)
+    where = check_image(check, method)
+    method.fit([where.sample], seed=seed)
+    ideal = method.ideal_output(np.asarray(where.sample.instances), where.fg)
     if ideal is None:
         return None
-    pred = method.postprocess(ideal, fg, min_area)
-    scored = evaluate_samples([pred], [sample], [_metric_of(check.metric)])
+    pred = method.postprocess(ideal, where.fg, where.min_area)
+    scored = evaluate_samples([pred], [where.sample], [_metric_of(check.metric)])
     return float(scored.mean[check.metric])
 
 
@@ -53,10 +49,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option on top of the check's (repeatable)")
     a = p.parse_args()
-    options = {}
-    for item in a.set:
-        key, _, value = item.partition("=")
-        options[key] = parse_value(value)
+    options = parse_assignments(a.set, "--set")
     torch.set_num_threads(1)
     shown = "".join(f", {k}={v}" for k, v in options.items())
     print("| method | metric | ceiling |\n|---|---|---:|")

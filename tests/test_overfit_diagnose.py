@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from benchbio.datasets.synthetic import OVERFIT_CHECK
+from benchbio.options import parse_assignments
 from benchbio.registry import DATASETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -22,10 +23,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 TINY = {"tissue": 0.3, "size": 32}
 
 
-def test_options_on_the_command_line_are_json_or_strings():
-    assert overfit_diagnose._option("sinconv_norm=false") == ("sinconv_norm", False)
-    assert overfit_diagnose._option("width=8") == ("width", 8)
-    assert overfit_diagnose._option("guide_band=full") == ("guide_band", "full")
+def test_options_on_the_command_line_are_values_or_strings():
+    # the diagnosis parses --set as `benchbio run --set` does
+    assert parse_assignments(["sinconv_norm=false", "width=8", "guide_band=full"], "--set") \
+        == {"sinconv_norm": False, "width": 8, "guide_band": "full"}
 
 
 def test_best_dice_finds_the_best_overlapping_label():
